@@ -1,0 +1,66 @@
+# linkdest.backup: the two entry points are `make demo` and `make test`.
+# Both bootstrap a fresh Debian machine themselves (as root): Debian tools and a
+# running Docker engine (scripts/ensure-host), a pinned venv, local base images.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -o errexit -o nounset -o pipefail -c
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+# The checkout is the linkdest.backup through the committed symlink
+# collections/ansible_collections/linkdest/backup -> the repository root.
+COLLECTIONS := collections
+export PATH := $(BIN):$(PATH)
+export ANSIBLE_COLLECTIONS_PATH := $(abspath $(COLLECTIONS))
+SCENARIOS ?= default
+
+.PHONY: help host venv images lint unit sanity molecule test demo demo-clean bench clean
+
+help:
+	@echo "make demo        containers + the real site.yml + two real backups"
+	@echo "make demo-clean  remove what the demo made"
+	@echo "make test        lint, unit tests, sanity, molecule scenarios ($(SCENARIOS))"
+	@echo "make bench       timings against bare rsync, in the demo containers"
+
+host:
+	scripts/ensure-host
+
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+images: host
+	images/build bookworm
+
+lint: venv host
+	$(BIN)/yamllint .
+	$(BIN)/ansible-lint
+	$(BIN)/ruff check plugins tests molecule
+	$(BIN)/ruff format --check plugins tests molecule
+	shellcheck scripts/* images/build .ci/run
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+sanity: venv
+	scripts/sanity
+
+molecule: venv images
+	for s in $(SCENARIOS); do $(BIN)/molecule test -s $$s; done
+
+test: lint unit sanity molecule
+
+demo: venv images
+	scripts/demo
+
+demo-clean: venv
+	$(BIN)/molecule destroy -s demo
+
+bench: venv images
+	bench/run.sh
+
+clean: demo-clean
+	rm -rf $(VENV) .ansible .cache tests/output

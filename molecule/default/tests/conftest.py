@@ -1,0 +1,25 @@
+# Copyright (c) 2026 linkdest.backup contributors
+# SPDX-License-Identifier: GPL-3.0-or-later
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "shared", "tests"))
+
+import linkdest_testlib as lib  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server():
+    return lib.get_host("backup-server")
+
+
+@pytest.fixture(scope="module")
+def laptop_a():
+    return lib.get_host("laptop-a")
+
+
+@pytest.fixture(scope="module")
+def laptop_b():
+    return lib.get_host("laptop-b")

@@ -1,0 +1,55 @@
+# Copyright (c) 2026 linkdest.backup contributors
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""backup_server: key-only sshd, one locked-down account and area per laptop."""
+
+import linkdest_testlib as lib
+
+testinfra_hosts = ["backup-server"]
+
+
+def test_sshd_is_running_and_effectively_key_only(host):
+    assert host.service("ssh").is_running
+    effective = host.run(
+        "/usr/sbin/sshd -T -C user=nobody,host=x,addr=127.0.0.1"
+    ).stdout.splitlines()
+    assert "passwordauthentication no" in effective
+    assert "kbdinteractiveauthentication no" in effective
+    assert "permitrootlogin no" in effective
+
+
+def test_each_laptop_has_an_account_and_a_private_area(host):
+    for client in ("laptop-a", "laptop-b"):
+        account = "bk-" + client
+        user = host.user(account)
+        assert user.exists
+        assert user.home == "/var/lib/linkdest-server"
+        area = host.file("%s/%s" % (lib.ROOT, client))
+        assert area.is_directory
+        assert area.user == account
+        assert area.mode == 0o700
+        keys = host.file("/etc/linkdest/authorized_keys/" + account)
+        assert keys.user == "root"
+        assert keys.mode == 0o644
+        assert (
+            'restrict,command="/usr/local/sbin/linkdest-server gate %s" ssh-ed25519 ' % client
+            in keys.content_string
+        )
+    # The accounts' home is root's: no .ssh, no authorized_keys they could edit.
+    home = host.file("/var/lib/linkdest-server")
+    assert home.user == "root"
+    assert home.mode == 0o755
+    assert not host.file("/var/lib/linkdest-server/.ssh").exists
+
+
+def test_one_laptop_account_cannot_read_the_other_area(host):
+    result = host.run("runuser -u bk-laptop-b -- ls %s/laptop-a" % lib.ROOT)
+    assert result.rc != 0
+    assert "Permission denied" in result.stderr
+
+
+def test_linkdest_server_finalize_is_idempotent_on_a_finished_snapshot(host, laptop_a):
+    lib.write_file(laptop_a, "server-finalize.txt", "x")
+    name = lib.backup_ok(laptop_a)
+    result = host.run("/usr/local/sbin/linkdest-server finalize laptop-a %s" % name)
+    assert result.rc == 0
+    assert result.stdout.strip() == name + " already final"

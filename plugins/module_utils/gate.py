@@ -1,0 +1,137 @@
+# Copyright (c) 2026 linkdest.backup contributors
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Parse what a laptop asks of its forced command (SSH_ORIGINAL_COMMAND).
+
+The laptop's key runs ``linkdest-server gate CLIENT`` whatever the laptop
+sends. This module turns the sent command into one of a few typed requests,
+or refuses it with a reason. It never builds a path from the laptop's words:
+the server picks every path itself (see server_cli.py).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+
+MAX_COMMAND_BYTES = 4096
+MAX_ARGS = 64
+
+# Single-letter rsync server flags a receiver may get. Deliberately absent:
+# -K/-L/-k (follow or rewrite symlinks on the server), -s (secluded args hide
+# options from this check), -W is fine but unneeded, -b (backups), -u.
+_RECEIVE_SHORT_FLAGS = set("logDtprvzcHAXxnSOJ")
+# The protocol capability string that follows -e. Patterns here end in \Z,
+# not $: "$" would also accept a trailing newline.
+_CAPABILITIES_RE = re.compile(r"^\.?[A-Za-z]*\Z")
+# Long options a receiver may get: each maps to a regex its value must match
+# (None: takes no value). Everything else is refused, among others --inplace,
+# --append, --link-dest, --partial-dir, --temp-dir, --backup-dir, --log-file.
+_RECEIVE_LONG_OPTIONS = {
+    "--delete": None,
+    "--delete-during": None,
+    "--delete-delay": None,
+    "--delete-after": None,
+    "--delete-excluded": None,
+    "--numeric-ids": None,
+    "--fake-super": None,
+    "--partial": None,
+    "--timeout": re.compile(r"^\d{1,6}\Z"),
+    "--compress-level": re.compile(r"^\d\Z"),
+    "--bwlimit": re.compile(r"^\d{1,9}[KkMm]?\Z"),
+    "--max-delete": re.compile(r"^-?\d{1,9}\Z"),
+}
+
+
+class GateRefused(Exception):
+    """The laptop asked for something the gate does not allow."""
+
+
+@dataclass(frozen=True)
+class ReceiveRequest:
+    """Upload a new snapshot: the vetted rsync server options."""
+
+    options: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FinalizeRequest:
+    """Finalize the snapshot just received; ``rsync_exit`` is the laptop's view."""
+
+    rsync_exit: int
+
+
+@dataclass(frozen=True)
+class ListRequest:
+    """List this client's finished snapshots."""
+
+
+def _check_short_flags(token: str) -> None:
+    flags = token[1:]
+    for index, flag in enumerate(flags):
+        if flag == "e":
+            if not _CAPABILITIES_RE.match(flags[index + 1 :]):
+                raise GateRefused("malformed rsync capability string in %r" % token)
+            return
+        if flag not in _RECEIVE_SHORT_FLAGS:
+            raise GateRefused("rsync option -%s is not allowed" % flag)
+
+
+def _check_long_option(token: str) -> None:
+    name, sep, value = token.partition("=")
+    if name not in _RECEIVE_LONG_OPTIONS:
+        raise GateRefused("rsync option %s is not allowed" % name)
+    pattern = _RECEIVE_LONG_OPTIONS[name]
+    if pattern is None and sep:
+        raise GateRefused("rsync option %s takes no value" % name)
+    if pattern is not None and not (sep and pattern.match(value)):
+        raise GateRefused("rsync option %s has a bad value" % name)
+
+
+def _parse_rsync(words: list[str]) -> ReceiveRequest:
+    if words[1:2] != ["--server"]:
+        raise GateRefused("only 'rsync --server' may run")
+    if "--sender" in words:
+        raise GateRefused("reading snapshots over rsync is not enabled")
+    args = words[2:]
+    # rsync ends its options with "." and then names the destination, which
+    # the gate ignores: the server chooses where a snapshot goes.
+    try:
+        dot = args.index(".")
+    except ValueError:
+        raise GateRefused("not an rsync receiver command line") from None
+    options, paths = args[:dot], args[dot + 1 :]
+    if len(paths) != 1:
+        raise GateRefused("rsync must name exactly one destination")
+    for token in options:
+        if token.startswith("--"):
+            _check_long_option(token)
+        elif token.startswith("-") and len(token) > 1:
+            _check_short_flags(token)
+        else:
+            raise GateRefused("unexpected rsync argument %r" % token)
+    return ReceiveRequest(options=tuple(options))
+
+
+def parse_request(command: str | None):
+    """Turn SSH_ORIGINAL_COMMAND into a request, or raise GateRefused."""
+    if not command:
+        raise GateRefused("no command given (interactive logins are not allowed)")
+    if len(command.encode("utf-8", "surrogateescape")) > MAX_COMMAND_BYTES:
+        raise GateRefused("command too long")
+    try:
+        words = shlex.split(command)
+    except ValueError as exc:
+        raise GateRefused("unparsable command: %s" % exc) from None
+    if not words or len(words) > MAX_ARGS:
+        raise GateRefused("bad number of arguments")
+    verb = words[0]
+    if verb == "rsync":
+        return _parse_rsync(words)
+    if verb == "finalize":
+        if len(words) != 2 or not re.match(r"^\d{1,3}\Z", words[1]):
+            raise GateRefused("usage: finalize RSYNC_EXIT_CODE")
+        return FinalizeRequest(rsync_exit=int(words[1]))
+    if verb == "list" and len(words) == 1:
+        return ListRequest()
+    raise GateRefused("command %r is not allowed" % verb)

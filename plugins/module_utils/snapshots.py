@@ -1,0 +1,418 @@
+# Copyright (c) 2026 linkdest.backup contributors
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Snapshot layout logic for linkdest.backup: the one home of naming, listing,
+starting, finalizing and classifying backups (see DESIGN.md).
+
+Pure standard library on purpose: the modules import it through AnsiballZ and
+the server command ``linkdest-server`` imports the very same file on the
+server, where Ansible is not installed.
+
+Layout of one client's area::
+
+    AREA/back-2026-11-26T11_40_37/            finished, never modified again
+    AREA/current -> back-2026-11-26T11_40_37  swapped atomically
+    AREA/incomplete_back-2026-11-26T12_10_02/ only during or after a failed run
+
+Nothing here follows a symlink found inside an area, except ``current``, whose
+target is only *read* and matched by name against the area's own snapshots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import os
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+SNAPSHOT_PREFIX = "back-"
+INCOMPLETE_PREFIX = "incomplete_back-"
+CURRENT_LINK = "current"
+LOCK_FILE = ".linkdest.lock"
+NAME_TIME_FORMAT = "%Y-%m-%dT%H_%M_%S"
+# \Z, not $: "$" would also accept a trailing newline.
+_STAMP_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}_\d{2}_\d{2}\Z")
+
+# How many later seconds start_incomplete() tries when a name is taken.
+_NAME_ATTEMPTS = 120
+
+
+class SnapshotError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class NameCollisionError(SnapshotError):
+    """A rename or mkdir would have replaced an existing entry."""
+
+
+class SnapshotNotFoundError(SnapshotError):
+    """The named snapshot does not exist in the area."""
+
+
+class LayoutError(SnapshotError):
+    """The area is not in a shape this library will touch."""
+
+
+class LockBusyError(SnapshotError):
+    """Another run holds the area's lock."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One snapshot directory of an area, finished or incomplete."""
+
+    name: str
+    time: datetime
+    complete: bool
+
+    @property
+    def stamp(self) -> str:
+        return stamp_of(self.name)
+
+
+# --- naming -----------------------------------------------------------------
+
+
+def format_stamp(when: datetime) -> str:
+    """Return the article's time stamp for ``when``, converted to UTC."""
+    if when.tzinfo is None:
+        raise ValueError("snapshot times must be timezone-aware")
+    return when.astimezone(timezone.utc).strftime(NAME_TIME_FORMAT)
+
+
+def snapshot_name(when: datetime, complete: bool = True) -> str:
+    prefix = SNAPSHOT_PREFIX if complete else INCOMPLETE_PREFIX
+    return prefix + format_stamp(when)
+
+
+def stamp_of(name: str) -> str:
+    """Accept ``back-T``, ``incomplete_back-T`` or a bare ``T`` and return ``T``."""
+    for prefix in (INCOMPLETE_PREFIX, SNAPSHOT_PREFIX):
+        if name.startswith(prefix):
+            name = name[len(prefix) :]
+            break
+    if not _STAMP_RE.match(name):
+        raise SnapshotNotFoundError(
+            "%r is not a snapshot name (expected back-YYYY-MM-DDTHH_MM_SS)" % name
+        )
+    return name
+
+
+def parse_snapshot_name(name: str) -> Snapshot | None:
+    """Parse a directory name; return None for anything that is not a snapshot.
+
+    Times are read as UTC. Trees made by the article's script used local time;
+    their names are adopted as they are, which keeps their order.
+    """
+    if name.startswith(INCOMPLETE_PREFIX):
+        complete, stamp = False, name[len(INCOMPLETE_PREFIX) :]
+    elif name.startswith(SNAPSHOT_PREFIX):
+        complete, stamp = True, name[len(SNAPSHOT_PREFIX) :]
+    else:
+        return None
+    if not _STAMP_RE.match(stamp):
+        return None
+    try:
+        when = datetime.strptime(stamp, NAME_TIME_FORMAT).replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    return Snapshot(name=name, time=when, complete=complete)
+
+
+# --- listing ----------------------------------------------------------------
+
+
+def _scan(area: str) -> list[Snapshot]:
+    found = []
+    try:
+        entries = list(os.scandir(area))
+    except FileNotFoundError:
+        raise LayoutError("backup area %s does not exist" % area) from None
+    for entry in entries:
+        snap = parse_snapshot_name(entry.name)
+        # A symlink named like a snapshot is never a snapshot: it is not followed.
+        if snap is not None and entry.is_dir(follow_symlinks=False):
+            found.append(snap)
+    return sorted(found, key=lambda s: (s.time, s.name))
+
+
+def list_snapshots(area: str) -> list[Snapshot]:
+    """Finished snapshots of ``area``, oldest first."""
+    return [s for s in _scan(area) if s.complete]
+
+
+def list_incomplete(area: str) -> list[Snapshot]:
+    """Incomplete snapshots of ``area``, oldest first."""
+    return [s for s in _scan(area) if not s.complete]
+
+
+def read_current(area: str) -> str | None:
+    """Name of the finished snapshot ``current`` points to, if it is valid.
+
+    Accepts our relative targets and the article's absolute ones
+    (``ln -s $TARGET/back-T $TARGET/current``) as long as they name a finished
+    snapshot directly inside this area.
+    """
+    link = os.path.join(area, CURRENT_LINK)
+    try:
+        target = os.readlink(link)
+    except (FileNotFoundError, OSError):
+        return None
+    head, name = os.path.split(os.path.normpath(target))
+    # A relative head is relative to the link's directory (the area), never to
+    # the process's working directory; an absolute head replaces ``area``.
+    if head and os.path.realpath(os.path.join(area, head)) != os.path.realpath(area):
+        return None
+    snap = parse_snapshot_name(name)
+    if snap is None or not snap.complete:
+        return None
+    if not os.path.isdir(os.path.join(area, name)) or os.path.islink(os.path.join(area, name)):
+        return None
+    return name
+
+
+def current_snapshot(area: str) -> Snapshot | None:
+    """The snapshot new backups link against: ``current``, else the newest."""
+    name = read_current(area)
+    if name is not None:
+        return parse_snapshot_name(name)
+    finished = list_snapshots(area)
+    return finished[-1] if finished else None
+
+
+# --- file system primitives ---------------------------------------------------
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+
+
+def _libc():
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name, use_errno=True) if name else None
+
+
+def rename_noreplace(src: str, dst: str) -> None:
+    """Rename ``src`` to ``dst``; fail instead of replacing anything at ``dst``.
+
+    Plain rename(2) silently replaces an empty directory, so two runs in the
+    same second could swallow each other. renameat2(RENAME_NOREPLACE) makes
+    the check and the rename one atomic step.
+    """
+    libc = _libc()
+    func = getattr(libc, "renameat2", None) if libc is not None else None
+    if func is not None:
+        res = func(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
+        if res == 0:
+            return
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise NameCollisionError("refusing to replace existing %s" % dst)
+        if err not in (errno.EINVAL, errno.ENOSYS):
+            raise OSError(err, os.strerror(err), src)
+    # File systems without RENAME_NOREPLACE: check, then rename. The area lock
+    # makes the window harmless for our own runs.
+    if os.path.lexists(dst):
+        raise NameCollisionError("refusing to replace existing %s" % dst)
+    os.rename(src, dst)
+
+
+def sync_filesystem(path: str) -> None:
+    """Flush the file system holding ``path`` to disk (syncfs, else sync)."""
+    libc = _libc()
+    func = getattr(libc, "syncfs", None) if libc is not None else None
+    if func is not None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if func(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    os.sync()
+
+
+def swap_current(area: str, name: str) -> None:
+    """Point ``current`` at ``name`` atomically: new link, then rename over."""
+    link = os.path.join(area, CURRENT_LINK)
+    if os.path.lexists(link) and not os.path.islink(link):
+        raise LayoutError("%s exists and is not a symlink; not touching it" % link)
+    tmp = os.path.join(area, ".%s.%d.tmp" % (CURRENT_LINK, os.getpid()))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    os.symlink(name, tmp)
+    os.replace(tmp, link)
+
+
+@contextlib.contextmanager
+def area_lock(area: str, wait: float = 0.0):
+    """Hold the area's kernel lock (flock): a killed holder releases it.
+
+    ``wait`` is how many seconds to wait for a busy lock; 0 fails at once.
+    """
+    path = os.path.join(area, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockBusyError(
+                        "another backup, finalize or prune of %s is running" % area
+                    ) from None
+                time.sleep(0.2)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+# --- starting a snapshot ----------------------------------------------------
+
+
+def start_incomplete(area: str, now: datetime) -> Snapshot:
+    """Create a fresh, empty ``incomplete_back-T`` directory named by ``now``.
+
+    If the second is taken (by a finished or an incomplete snapshot), the
+    next free second is used, so two runs never share a directory.
+    """
+    if not os.path.isdir(area) or os.path.islink(area):
+        raise LayoutError("backup area %s is not a directory" % area)
+    for offset in range(_NAME_ATTEMPTS):
+        stamp = format_stamp(now + timedelta(seconds=offset))
+        if os.path.lexists(os.path.join(area, SNAPSHOT_PREFIX + stamp)):
+            continue
+        name = INCOMPLETE_PREFIX + stamp
+        try:
+            os.mkdir(os.path.join(area, name), 0o700)
+        except FileExistsError:
+            continue
+        return Snapshot(name=name, time=parse_snapshot_name(name).time, complete=False)
+    raise NameCollisionError("no free snapshot name near %s in %s" % (now, area))
+
+
+# --- finalize ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FinalizePlan:
+    """What finalizing one snapshot does; ``changed`` is False when it is done."""
+
+    incomplete: str | None  # directory to rename, None when already finished
+    final: str
+    current_before: str | None
+    current_after: str | None
+
+    @property
+    def changed(self) -> bool:
+        return self.incomplete is not None or self.current_before != self.current_after
+
+
+def plan_finalize(area: str, snapshot: str, update_current: bool = True) -> FinalizePlan:
+    """Work out how to finalize ``snapshot`` (any of its three name forms).
+
+    ``current`` moves only forward: finalizing an older snapshot than the
+    one ``current`` names leaves ``current`` alone.
+    """
+    stamp = stamp_of(snapshot)
+    incomplete = INCOMPLETE_PREFIX + stamp
+    final = SNAPSHOT_PREFIX + stamp
+    inc_path = os.path.join(area, incomplete)
+    fin_path = os.path.join(area, final)
+    if os.path.islink(inc_path) or os.path.islink(fin_path):
+        raise LayoutError("%s is a symlink in %s; refusing to touch it" % (stamp, area))
+    has_incomplete = os.path.isdir(inc_path)
+    if has_incomplete and os.path.lexists(fin_path):
+        raise NameCollisionError(
+            "both %s and %s exist in %s; refusing to replace a finished snapshot"
+            % (incomplete, final, area)
+        )
+    if not has_incomplete and not os.path.isdir(fin_path):
+        raise SnapshotNotFoundError("no snapshot %s in %s" % (stamp, area))
+
+    current_before = read_current(area)
+    current_after = current_before
+    if update_current:
+        newest = max([s.name for s in list_snapshots(area)] + [final], key=stamp_of)
+        current_after = newest
+    # An article-made absolute `current` naming the same snapshot counts as
+    # up to date: read_current() matched it by name, so it is adopted as is.
+    link = os.path.join(area, CURRENT_LINK)
+    if current_after != current_before and os.path.lexists(link) and not os.path.islink(link):
+        # Refuse here, before anything is renamed, not halfway through apply.
+        raise LayoutError("%s exists and is not a symlink; not touching it" % link)
+    return FinalizePlan(
+        incomplete=incomplete if has_incomplete else None,
+        final=final,
+        current_before=current_before,
+        current_after=current_after,
+    )
+
+
+def apply_finalize(area: str, plan: FinalizePlan) -> None:
+    """Carry out ``plan``: flush, rename without replacing, swap ``current``."""
+    if plan.incomplete is not None:
+        sync_filesystem(os.path.join(area, plan.incomplete))
+        rename_noreplace(os.path.join(area, plan.incomplete), os.path.join(area, plan.final))
+    if plan.current_after is not None and plan.current_after != plan.current_before:
+        swap_current(area, plan.current_after)
+
+
+def finalize(area: str, snapshot: str, update_current: bool = True) -> FinalizePlan:
+    plan = plan_finalize(area, snapshot, update_current)
+    apply_finalize(area, plan)
+    return plan
+
+
+# --- rsync exit codes ---------------------------------------------------------
+
+# The one table of what an rsync exit code means for a snapshot.
+# outcome: success | warning | partial | failed. "finalize" says whether the
+# snapshot may become a finished one.
+RSYNC_EXIT_CODES = {
+    0: ("success", "transfer complete"),
+    1: ("failed", "rsync syntax or usage error"),
+    2: ("failed", "rsync protocol incompatibility"),
+    3: ("failed", "errors selecting input/output files or directories"),
+    5: ("failed", "error starting the client-server protocol"),
+    10: ("failed", "error in socket I/O"),
+    11: ("failed", "error in file I/O (is the backup drive full?)"),
+    12: ("failed", "error in the rsync protocol data stream"),
+    20: ("failed", "interrupted by a signal"),
+    23: ("partial", "some files could not be transferred (unreadable?)"),
+    24: ("warning", "some source files vanished during the transfer"),
+    30: ("failed", "timeout in data send/receive"),
+    35: ("failed", "timeout waiting for the daemon connection"),
+    255: ("failed", "ssh failed (server unreachable, key refused or host key mismatch)"),
+}
+
+PARTIAL_POLICIES = ("finalize", "keep-incomplete")
+
+
+@dataclass(frozen=True)
+class RsyncResult:
+    code: int
+    outcome: str
+    finalize: bool
+    message: str
+
+
+def classify_rsync_exit(code: int, partial_policy: str = "finalize") -> RsyncResult:
+    """Classify an rsync exit code by the table above.
+
+    23 (some files unreadable) is never a plain success: it finalizes a
+    snapshot flagged as partial, or keeps it incomplete, by ``partial_policy``.
+    """
+    if partial_policy not in PARTIAL_POLICIES:
+        raise ValueError("partial_policy must be one of %s" % ", ".join(PARTIAL_POLICIES))
+    outcome, message = RSYNC_EXIT_CODES.get(code, ("failed", "rsync failed"))
+    if outcome == "partial":
+        ok = partial_policy == "finalize"
+    else:
+        ok = outcome in ("success", "warning")
+    return RsyncResult(code=code, outcome=outcome, finalize=ok, message=message)

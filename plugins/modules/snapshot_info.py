@@ -1,0 +1,136 @@
+#!/usr/bin/python
+# Copyright (c) 2026 linkdest.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: snapshot_info
+short_description: List a client's linkdest.backup snapshots
+description:
+  - Lists the finished and the incomplete snapshots in one client's area under O(root), and
+    the snapshot C(current) names.
+  - Reads only; it never changes anything and takes no lock.
+version_added: 1.0.0
+author: linkdest.backup contributors (@linkdest)
+extends_documentation_fragment:
+  - linkdest.backup.snapshot
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details:
+      - The module only reads, so check mode runs it as usual.
+  diff_mode:
+    support: N/A
+    details:
+      - The module never changes anything, so there is nothing to diff.
+  platform:
+    support: full
+    platforms: posix
+notes:
+  - Never follows symlinks inside the area; a symlink named like a snapshot is not listed.
+  - Time stamps are read as UTC. Snapshots made by the article's script carry local time in
+    their names; they are listed as they are, in their own order.
+seealso:
+  - module: linkdest.backup.snapshot_finalize
+"""
+
+EXAMPLES = r"""
+- name: Read laptop-a's snapshots
+  linkdest.backup.snapshot_info:
+    client: laptop-a
+  register: laptop_a_snapshots
+
+- name: Show the newest finished snapshot
+  ansible.builtin.debug:
+    msg: "{{ laptop_a_snapshots.snapshots | map(attribute='name') | last | default('none') }}"
+"""
+
+RETURN = r"""
+snapshots:
+  description: The finished snapshots, oldest first.
+  returned: success
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: The snapshot's directory name.
+      type: str
+      sample: back-2026-11-26T11_40_37
+    time:
+      description: The time in the name, in ISO 8601 with a UTC offset.
+      type: str
+      sample: "2026-11-26T11:40:37+00:00"
+    current:
+      description: Whether C(current) names this snapshot.
+      type: bool
+      sample: true
+incomplete:
+  description: The incomplete snapshots (transfers running or kept after a failure), oldest first.
+  returned: success
+  type: list
+  elements: str
+  sample: [incomplete_back-2026-11-26T12_10_02]
+current:
+  description:
+    - The finished snapshot C(current) names.
+    - V(null) when C(current) is missing, dangling or does not name a finished snapshot of
+      this area; new backups then link against the newest finished snapshot.
+  returned: success
+  type: str
+  sample: back-2026-11-26T11_40_37
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.linkdest.backup.plugins.module_utils.snapshots import (
+    SnapshotError,
+    list_incomplete,
+    list_snapshots,
+    read_current,
+)
+
+
+def client_area(module):
+    """The client's area, or fail: a plain name directly under root, a real directory."""
+    client = module.params["client"]
+    if client in ("", ".", "..") or "/" in client or "\0" in client:
+        module.fail_json(msg="client must be a plain directory name, got %r" % client)
+    area = os.path.join(module.params["root"], client)
+    if os.path.islink(area) or not os.path.isdir(area):
+        module.fail_json(msg="backup area %s does not exist or is not a directory" % area)
+    return area
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            root=dict(type="path", default="/media/backup_drive"),
+            client=dict(type="str", required=True),
+        ),
+        supports_check_mode=True,
+    )
+    area = client_area(module)
+    try:
+        current = read_current(area)
+        finished = list_snapshots(area)
+        incomplete = list_incomplete(area)
+    except (SnapshotError, OSError) as exc:
+        module.fail_json(msg="cannot read snapshots of %s: %s" % (area, exc))
+    module.exit_json(
+        changed=False,
+        snapshots=[
+            dict(name=snap.name, time=snap.time.isoformat(), current=snap.name == current)
+            for snap in finished
+        ],
+        incomplete=[snap.name for snap in incomplete],
+        current=current,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+# Copyright (c) 2026 linkdest.backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Unit tests of the snapshot_info module: it reports and never changes anything."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ansible_collections.linkdest.backup.plugins.modules import snapshot_info
+
+T1 = "2026-11-26T11_40_37"
+T2 = "2026-11-26T12_10_02"
+T3 = "2026-11-26T12_40_00"
+
+
+def tree(path):
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            found[os.path.relpath(full, path)] = os.readlink(full) if os.path.islink(full) else None
+    return found
+
+
+@pytest.fixture
+def area(tmp_path):
+    area = tmp_path / "root" / "laptop"
+    area.mkdir(parents=True)
+    for name in ("back-" + T2, "back-" + T1, "incomplete_back-" + T3, "notes"):
+        (area / name).mkdir()
+    (area / "back-2026-11-27T00_00_00").symlink_to(tmp_path)  # never listed
+    return area
+
+
+def args_for(area):
+    return {"root": str(area.parent), "client": area.name}
+
+
+@pytest.mark.parametrize(
+    ("current", "expected"),
+    [
+        ("back-" + T1, "back-" + T1),
+        ("ARTICLE", "back-" + T2),
+        ("back-2030-01-01T00_00_00", None),
+        ("incomplete_back-" + T3, None),
+        (None, None),
+    ],
+    ids=["relative", "article-absolute", "dangling", "incomplete", "missing"],
+)
+@pytest.mark.parametrize(
+    ("check", "diff"),
+    [(False, False), (True, False), (False, True), (True, True)],
+    ids=["run", "check", "diff", "check-diff"],
+)
+def test_info_reports_and_never_changes(run_module, area, current, expected, check, diff):
+    if current == "ARTICLE":
+        (area / "current").symlink_to(area / ("back-" + T2))
+    elif current is not None:
+        (area / "current").symlink_to(current)
+    before = tree(area.parent)
+
+    failed, result = run_module(snapshot_info, args_for(area), check=check, diff=diff)
+
+    assert not failed, result
+    assert result == {
+        "changed": False,
+        "snapshots": [
+            {
+                "name": "back-" + T1,
+                "time": "2026-11-26T11:40:37+00:00",
+                "current": expected == "back-" + T1,
+            },
+            {
+                "name": "back-" + T2,
+                "time": "2026-11-26T12:10:02+00:00",
+                "current": expected == "back-" + T2,
+            },
+        ],
+        "incomplete": ["incomplete_back-" + T3],
+        "current": expected,
+    }
+    assert tree(area.parent) == before
+
+
+def test_info_on_an_empty_area(run_module, tmp_path):
+    (tmp_path / "laptop").mkdir()
+    failed, result = run_module(snapshot_info, {"root": str(tmp_path), "client": "laptop"})
+    assert not failed
+    assert result == {"changed": False, "snapshots": [], "incomplete": [], "current": None}
+    assert os.listdir(tmp_path / "laptop") == []
+
+
+@pytest.mark.parametrize(
+    ("client", "message"),
+    [("nobody", "does not exist"), ("..", "plain directory name"), ("a/b", "plain directory name")],
+    ids=["missing-area", "parent", "nested"],
+)
+def test_info_failures_are_clear(run_module, area, client, message):
+    before = tree(area.parent)
+    failed, result = run_module(snapshot_info, {"root": str(area.parent), "client": client})
+    assert failed
+    assert message in result["msg"]
+    assert tree(area.parent) == before
+
+
+def test_info_refuses_a_symlinked_area(run_module, area):
+    (area.parent / "alias").symlink_to(area)
+    failed, result = run_module(snapshot_info, {"root": str(area.parent), "client": "alias"})
+    assert failed
+    assert "not a directory" in result["msg"]

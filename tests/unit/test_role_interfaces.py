@@ -1,0 +1,48 @@
+# Copyright (c) 2026 linkdest.backup contributors
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Each role's interface is defined three times: defaults/main.yml, meta/argument_specs.yml
+and the README tables. These tests keep them the same."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROLES = sorted(p.name for p in (ROOT / "roles").iterdir() if (p / "meta" / "argument_specs.yml").exists())
+
+
+def _load(path: pathlib.Path):
+    return yaml.safe_load(path.read_text()) or {}
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_argument_specs_and_defaults_agree(role):
+    defaults = _load(ROOT / "roles" / role / "defaults" / "main.yml")
+    options = _load(ROOT / "roles" / role / "meta" / "argument_specs.yml")["argument_specs"]["main"]["options"]
+    optional = {name for name, spec in options.items() if not spec.get("required")}
+    assert set(defaults) == optional
+    for name in optional:
+        assert options[name].get("default") == defaults[name], name
+        assert name.startswith(role + "_"), name
+        assert options[name].get("description"), name
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_required_variables_are_listed_commented_in_defaults(role):
+    text = (ROOT / "roles" / role / "defaults" / "main.yml").read_text()
+    options = _load(ROOT / "roles" / role / "meta" / "argument_specs.yml")["argument_specs"]["main"]["options"]
+    for name, spec in options.items():
+        if spec.get("required"):
+            assert "# %s:" % name in text, name
+
+
+def test_readme_variable_tables_are_current():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "role-docs"), "--check"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout

@@ -13,12 +13,12 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(abspath $(COLLECTIONS))
 SCENARIOS ?= default
 
-.PHONY: help host venv images lint unit sanity molecule test demo demo-clean bench clean
+.PHONY: help host venv images lint unit bad-input sanity build-check molecule test demo demo-clean bench clean
 
 help:
 	@echo "make demo        containers + the real site.yml + two real backups"
 	@echo "make demo-clean  remove what the demo made"
-	@echo "make test        lint, unit tests, sanity, molecule scenarios ($(SCENARIOS))"
+	@echo "make test        lint, unit tests, sanity, built tarball, molecule ($(SCENARIOS))"
 	@echo "make bench       timings against bare rsync, in the demo containers"
 
 host:
@@ -45,13 +45,21 @@ lint: venv host
 unit: venv
 	$(BIN)/pytest -q tests/unit
 
+# The real site.yml against this machine in --check mode with bad settings:
+# each must stop in the first play with a message naming the variable.
+bad-input: venv
+	$(BIN)/pytest -q tests/integration
+
 sanity: venv
 	scripts/sanity
+
+build-check: venv
+	scripts/build-check
 
 molecule: venv images
 	for s in $(SCENARIOS); do $(BIN)/molecule test -s $$s; done
 
-test: lint unit sanity molecule
+test: lint unit bad-input sanity build-check molecule
 
 demo: venv images
 	scripts/demo

@@ -1,0 +1,136 @@
+# Copyright (c) 2026 linkdest.backup contributors
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Bad input stops site.yml in its first play, with a message naming the variable.
+
+The real site.yml runs against this machine through a local connection, with
+--check as a safety net: even if a check were missing, nothing could change.
+The assertion that the run stopped in the first play proves nothing else ran.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHECK_PLAY = "Check every setting before changing anything"
+DROP = object()  # a laptop variable to leave out of the inventory
+
+
+def _run_site(tmp_path, server_vars: dict, laptop_vars: dict, with_server: bool = True):
+    source = tmp_path / "source"
+    source.mkdir(exist_ok=True)
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    laptop = dict(local, backup_client_user="root", backup_client_source=str(source))
+    laptop.update(laptop_vars)
+    laptop = {key: value for key, value in laptop.items() if value is not DROP}
+    server = dict(
+        local, backup_server_root=str(tmp_path / "drive"), backup_server_root_must_be_mount=False
+    )
+    server.update(server_vars)
+    inventory = {"laptops": {"hosts": {"lap": laptop}}}
+    if with_server:
+        inventory["backup_servers"] = {"hosts": {"srv": server}}
+    path = tmp_path / "hosts.yml"
+    path.write_text(yaml.safe_dump(inventory))
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(ROOT / "collections"), ANSIBLE_NOCOLOR="1")
+    playbook = str(pathlib.Path(sys.executable).parent / "ansible-playbook")
+    return subprocess.run(
+        [playbook, "-i", str(path), "--check", "site.yml"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+
+
+CASES = [
+    pytest.param(
+        {"backup_server_root": "backups"},
+        {},
+        True,
+        "backup_server_root must be an absolute path",
+        id="relative-root",
+    ),
+    pytest.param(
+        {"backup_server_root": "/"},
+        {},
+        True,
+        "backup_server_root must be an absolute path",
+        id="root-is-slash",
+    ),
+    pytest.param(
+        {"backup_server_root_must_be_mount": True},
+        {},
+        True,
+        "is not a mount point",
+        id="root-not-mounted",
+    ),
+    pytest.param(
+        {},
+        {"backup_client_source": "/etc/hostname"},
+        True,
+        "backup_client_source",
+        id="source-not-a-directory",
+    ),
+    pytest.param(
+        {},
+        {"backup_client_schedule": "every 30 minutes"},
+        True,
+        "backup_client_schedule",
+        id="bad-schedule",
+    ),
+    pytest.param(
+        {},
+        {"backup_client_schedule": "*/30 * * *"},
+        True,
+        "backup_client_schedule",
+        id="four-field-schedule",
+    ),
+    pytest.param({}, {}, False, "backup_client_server", id="laptop-without-server"),
+    pytest.param({}, {"backup_client_user": DROP}, True, "backup_client_user", id="no-user"),
+    pytest.param(
+        {}, {"backup_client_name": "Laptop.Home"}, True, "backup_client_name", id="bad-name"
+    ),
+    pytest.param(
+        {"backup_server_rsync_timeout": "soon"},
+        {},
+        True,
+        "backup_server_rsync_timeout",
+        id="timeout-not-int",
+    ),
+    pytest.param(
+        {"backup_server_partial_policy": "ignore"},
+        {},
+        True,
+        "backup_server_partial_policy",
+        id="bad-partial-policy",
+    ),
+]
+
+
+@pytest.mark.parametrize(("server_vars", "laptop_vars", "with_server", "message"), CASES)
+def test_bad_input_stops_the_run_before_any_change(
+    tmp_path, server_vars, laptop_vars, with_server, message
+):
+    result = _run_site(tmp_path, server_vars, laptop_vars, with_server)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert message in output, output
+    # Stopped in the check play: no later play started.
+    assert CHECK_PLAY in output
+    assert "PLAY [Create each laptop's backup key]" not in output, output
+
+
+def test_good_input_passes_the_check_play(tmp_path):
+    """The same inventory without the bad value gets past the check play (the test can fail)."""
+    result = _run_site(tmp_path, {}, {}, True)
+    output = result.stdout + result.stderr
+    assert "PLAY [Create each laptop's backup key]" in output, output

@@ -26,6 +26,8 @@ import errno
 import fcntl
 import os
 import re
+import shutil
+import stat
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -34,6 +36,10 @@ SNAPSHOT_PREFIX = "back-"
 INCOMPLETE_PREFIX = "incomplete_back-"
 CURRENT_LINK = "current"
 LOCK_FILE = ".linkdest.lock"
+# A snapshot being deleted is first renamed to TRASH_PREFIX + name, out of the
+# back-* namespace, so a crash mid-delete never leaves a half snapshot that
+# looks finished; the next run finishes the removal.
+TRASH_PREFIX = ".deleting-"
 NAME_TIME_FORMAT = "%Y-%m-%dT%H_%M_%S"
 # \Z, not $: "$" would also accept a trailing newline.
 _STAMP_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}_\d{2}_\d{2}\Z")
@@ -367,6 +373,54 @@ def finalize(area: str, snapshot: str, update_current: bool = True) -> FinalizeP
     plan = plan_finalize(area, snapshot, update_current)
     apply_finalize(area, plan)
     return plan
+
+
+# --- deleting ---------------------------------------------------------------
+
+
+def _remove_tree(path: str) -> None:
+    """Remove a directory tree without following any symlink inside it.
+
+    shutil.rmtree works on directory file descriptors where the platform
+    allows it, so a symlink planted in a snapshot is unlinked, never
+    followed. A directory the laptop made read-only is opened up first.
+    """
+
+    def _open_up_and_retry(func, failed_path, _exc_info):
+        parent = os.path.dirname(failed_path)
+        st = os.lstat(parent)
+        if not stat.S_ISLNK(st.st_mode):
+            os.chmod(parent, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+        func(failed_path)
+
+    shutil.rmtree(path, onerror=_open_up_and_retry)
+
+
+def delete_snapshot(area: str, name: str) -> str:
+    """Delete one snapshot (finished or incomplete) crash-safely.
+
+    Renamed to ``.deleting-NAME`` first (never replacing anything), then
+    removed. Returns the snapshot's name. Callers decide what may go; this
+    refuses only what is not a real snapshot directory of the area.
+    """
+    snap = parse_snapshot_name(name)
+    path = os.path.join(area, name)
+    if snap is None or os.path.islink(path) or not os.path.isdir(path):
+        raise SnapshotNotFoundError("no snapshot %s in %s" % (name, area))
+    trash = os.path.join(area, TRASH_PREFIX + name)
+    rename_noreplace(path, trash)
+    _remove_tree(trash)
+    return name
+
+
+def finish_deletions(area: str) -> list[str]:
+    """Finish deletions a crash interrupted; return the names they had."""
+    finished = []
+    for entry in sorted(os.scandir(area), key=lambda e: e.name):
+        if entry.name.startswith(TRASH_PREFIX) and entry.is_dir(follow_symlinks=False):
+            _remove_tree(entry.path)
+            finished.append(entry.name[len(TRASH_PREFIX) :])
+    return finished
 
 
 # --- rsync exit codes ---------------------------------------------------------

@@ -690,3 +690,56 @@ def test_classify_rsync_exit_never_calls_partial_a_plain_success():
 def test_classify_rsync_exit_refuses_a_bad_policy(policy):
     with pytest.raises(ValueError, match="partial_policy"):
         snap.classify_rsync_exit(0, policy)
+
+
+# --- deleting ---------------------------------------------------------------
+
+
+def test_delete_snapshot_removes_it_without_touching_shared_inodes(tmp_path):
+    area = tmp_path / "area"
+    (area / "back-2026-01-01T00_00_00" / "d").mkdir(parents=True)
+    (area / "back-2026-01-01T00_00_00" / "d" / "f").write_text("kept\n")
+    (area / "back-2026-01-02T00_00_00" / "d").mkdir(parents=True)
+    os.link(
+        area / "back-2026-01-01T00_00_00" / "d" / "f", area / "back-2026-01-02T00_00_00" / "d" / "f"
+    )
+    # A laptop-made read-only directory still goes.
+    os.chmod(area / "back-2026-01-01T00_00_00" / "d", 0o500)
+    assert snap.delete_snapshot(str(area), "back-2026-01-01T00_00_00") == "back-2026-01-01T00_00_00"
+    assert sorted(os.listdir(area)) == ["back-2026-01-02T00_00_00"]
+    assert (area / "back-2026-01-02T00_00_00" / "d" / "f").read_text() == "kept\n"
+
+
+def test_delete_snapshot_never_follows_a_planted_symlink(tmp_path):
+    area = tmp_path / "area"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("x")
+    incomplete = area / "incomplete_back-2026-01-01T00_00_00"
+    incomplete.mkdir(parents=True)
+    (incomplete / "evil").symlink_to(outside)
+    snap.delete_snapshot(str(area), incomplete.name)
+    assert (outside / "precious").read_text() == "x"
+    assert os.listdir(area) == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["current", "back-junk", "back-2026-01-01T00_00_00"],
+    ids=["not-a-snapshot", "bad-stamp", "missing"],
+)
+def test_delete_snapshot_refuses_what_is_not_a_snapshot(tmp_path, name):
+    area = tmp_path / "area"
+    area.mkdir()
+    (area / "current").symlink_to("elsewhere")
+    with pytest.raises(snap.SnapshotNotFoundError):
+        snap.delete_snapshot(str(area), name)
+
+
+def test_finish_deletions_completes_a_crashed_delete(tmp_path):
+    area = tmp_path / "area"
+    (area / ".deleting-back-2026-01-01T00_00_00" / "sub").mkdir(parents=True)
+    (area / ".deleting-back-2026-01-01T00_00_00" / "sub" / "f").write_text("x")
+    (area / "back-2026-01-02T00_00_00").mkdir()
+    assert snap.finish_deletions(str(area)) == ["back-2026-01-01T00_00_00"]
+    assert os.listdir(area) == ["back-2026-01-02T00_00_00"]

@@ -36,6 +36,9 @@ _RECEIVE_LONG_OPTIONS = {
     "--numeric-ids": None,
     "--fake-super": None,
     "--partial": None,
+    # Output only: statistics, and what --itemize-changes sends.
+    "--stats": None,
+    "--log-format": re.compile(r"^%i\Z"),
     "--timeout": re.compile(r"^\d{1,6}\Z"),
     "--compress-level": re.compile(r"^\d\Z"),
     "--bwlimit": re.compile(r"^\d{1,9}[KkMm]?\Z"),

@@ -80,8 +80,13 @@ def _write_marker(area: str, name: str, code: int) -> None:
     os.replace(tmp, os.path.join(area, RECEIVED_MARKER))
 
 
+RECEIVE_LOCK_WAIT = 60
+# rsync accepts at most 20 --link-dest directories.
+MAX_LINK_DESTS = 20
+
+
 def receiver_argv(
-    config: Config, request: gate_lib.ReceiveRequest, link_dest: str | None, dest: str
+    config: Config, request: gate_lib.ReceiveRequest, link_dests: list[str], dest: str
 ) -> list[str]:
     """The rsync receiver command line; paths are the server's, never the laptop's.
 
@@ -95,9 +100,20 @@ def receiver_argv(
         "--fake-super",
         "--timeout=%d" % config.timeout,
     ]
-    if link_dest is not None:
-        argv.append("--link-dest=../%s" % link_dest)
+    argv += ["--link-dest=../%s" % name for name in link_dests[:MAX_LINK_DESTS]]
     return argv + [".", dest + "/"]
+
+
+def link_dests_for(area: str) -> list[str]:
+    """What a new transfer links against: ``current``, then interrupted runs.
+
+    An interrupted transfer is resumed, not restarted: what it already
+    received is linked from its incomplete directory instead of being sent
+    again. The new run still writes only into its own fresh directory.
+    """
+    base = snap.current_snapshot(area)
+    interrupted = [s.name for s in reversed(snap.list_incomplete(area))]
+    return ([base.name] if base else []) + interrupted
 
 
 def _gate_receive(config: Config, client: str, area: str, request) -> int:
@@ -107,13 +123,16 @@ def _gate_receive(config: Config, client: str, area: str, request) -> int:
         sys.stderr.write("linkdest-server: backup drive %s is not mounted\n" % config.root)
         return EXIT_NOT_MOUNTED
     try:
-        with snap.area_lock(area, wait=0):
-            base = snap.current_snapshot(area)
+        # Wait a little: the receiver of a run the laptop just lost may still
+        # be winding down, and prune or the mirror may hold the area briefly.
+        with snap.area_lock(area, wait=RECEIVE_LOCK_WAIT):
+            snap.finish_deletions(area)
+            link_dests = link_dests_for(area)
             incoming = snap.start_incomplete(area, datetime.now(timezone.utc))
-            argv = receiver_argv(config, request, base.name if base else None, incoming.name)
+            argv = receiver_argv(config, request, link_dests, incoming.name)
             _log(
                 client,
-                "receiving %s (link-dest %s)" % (incoming.name, base.name if base else "none"),
+                "receiving %s (link-dest %s)" % (incoming.name, ", ".join(link_dests) or "none"),
             )
             code = subprocess.call(argv, cwd=area)
             _write_marker(area, incoming.name, code)
@@ -145,6 +164,10 @@ def _gate_finalize(config: Config, client: str, area: str, request) -> int:
             return EXIT_NOT_FINALIZED
         plan = snap.finalize(area, name)
         os.unlink(os.path.join(area, RECEIVED_MARKER))
+        # The interrupted runs this one resumed are superseded now.
+        for stale in snap.list_incomplete(area):
+            snap.delete_snapshot(area, stale.name)
+            _log(client, "removed superseded %s" % stale.name)
         _journal(
             area,
             snapshot=plan.final,

@@ -13,7 +13,9 @@ import pytest
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-ROLES = sorted(p.name for p in (ROOT / "roles").iterdir() if (p / "meta" / "argument_specs.yml").exists())
+ROLES = sorted(
+    p.name for p in (ROOT / "roles").iterdir() if (p / "meta" / "argument_specs.yml").exists()
+)
 
 
 def _load(path: pathlib.Path):
@@ -23,7 +25,9 @@ def _load(path: pathlib.Path):
 @pytest.mark.parametrize("role", ROLES)
 def test_argument_specs_and_defaults_agree(role):
     defaults = _load(ROOT / "roles" / role / "defaults" / "main.yml")
-    options = _load(ROOT / "roles" / role / "meta" / "argument_specs.yml")["argument_specs"]["main"]["options"]
+    options = _load(ROOT / "roles" / role / "meta" / "argument_specs.yml")["argument_specs"][
+        "main"
+    ]["options"]
     optional = {name for name, spec in options.items() if not spec.get("required")}
     assert set(defaults) == optional
     for name in optional:
@@ -35,7 +39,9 @@ def test_argument_specs_and_defaults_agree(role):
 @pytest.mark.parametrize("role", ROLES)
 def test_required_variables_are_listed_commented_in_defaults(role):
     text = (ROOT / "roles" / role / "defaults" / "main.yml").read_text()
-    options = _load(ROOT / "roles" / role / "meta" / "argument_specs.yml")["argument_specs"]["main"]["options"]
+    options = _load(ROOT / "roles" / role / "meta" / "argument_specs.yml")["argument_specs"][
+        "main"
+    ]["options"]
     for name, spec in options.items():
         if spec.get("required"):
             assert "# %s:" % name in text, name
@@ -43,6 +49,9 @@ def test_required_variables_are_listed_commented_in_defaults(role):
 
 def test_readme_variable_tables_are_current():
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "role-docs"), "--check"], capture_output=True, text=True, check=False
+        [sys.executable, str(ROOT / "scripts" / "role-docs"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout

@@ -134,3 +134,28 @@ def test_finalize_request(command, code):
 
 def test_list_request():
     assert gate.parse_request("list") == gate.ListRequest()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "rsync --server -logDtpre.iLsfxCIvu --stats . x",
+        "rsync --server -logDtpre.iLsfxCIvu --log-format=%i . x",
+    ],
+    ids=["stats", "itemize"],
+)
+def test_output_only_options_are_accepted(command):
+    assert isinstance(gate.parse_request(command), gate.ReceiveRequest)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "rsync --server -logDtpre.iLsfxCIvu --log-format=%f%i . x",
+        "rsync --server -logDtpre.iLsfxCIvu --stats=1 . x",
+    ],
+    ids=["log-format-other", "stats-with-value"],
+)
+def test_output_options_with_other_values_are_refused(command):
+    with pytest.raises(gate.GateRefused):
+        gate.parse_request(command)

@@ -31,26 +31,31 @@ ME = pwd.getpwuid(os.getuid()).pw_name
 COLLECTIONS_PATH = str(Path(server_cli.__file__).parents[5])
 LAPTOP_ARGV = "rsync --server -logDtpre.iLsfxCIvu --timeout=30 --delete . /home/alice/../../etc"
 
-needs_rsync = pytest.mark.skipif(RSYNC is None, reason="rsync is not installed")
-
 
 # --- the receiver's command line ----------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("link_dest", "tail"),
+    ("link_dests", "tail"),
     [
-        ("back-2026-11-26T11_40_37", ["--link-dest=../back-2026-11-26T11_40_37"]),
-        (None, []),
+        (["back-2026-11-26T11_40_37"], ["--link-dest=../back-2026-11-26T11_40_37"]),
+        (
+            ["back-2026-11-26T11_40_37", "incomplete_back-2026-11-26T12_10_00"],
+            [
+                "--link-dest=../back-2026-11-26T11_40_37",
+                "--link-dest=../incomplete_back-2026-11-26T12_10_00",
+            ],
+        ),
+        ([], []),
     ],
-    ids=["with-link-dest", "first-backup"],
+    ids=["with-link-dest", "resuming", "first-backup"],
 )
-def test_receiver_argv_uses_only_server_paths(link_dest, tail):
+def test_receiver_argv_uses_only_server_paths(link_dests, tail):
     config = server_cli.Config(
         {"root": "/srv/backup", "rsync": "/usr/bin/rsync", "rsync_timeout": 600}
     )
     request = gate.parse_request(LAPTOP_ARGV)
-    argv = server_cli.receiver_argv(config, request, link_dest, "incomplete_back-T")
+    argv = server_cli.receiver_argv(config, request, link_dests, "incomplete_back-T")
 
     assert argv == [
         "/usr/bin/rsync",
@@ -70,8 +75,8 @@ def test_receiver_argv_uses_only_server_paths(link_dest, tail):
     laptop_end = argv.index("--delete")
     assert argv.index("--timeout=600") > argv.index("--timeout=30")
     assert argv.index("--timeout=600") > laptop_end
-    if link_dest is not None:
-        assert argv.index("--link-dest=../" + link_dest) > laptop_end
+    for name in link_dests:
+        assert argv.index("--link-dest=../" + name) > laptop_end
 
 
 # --- end to end through the gate ------------------------------------------------
@@ -170,7 +175,6 @@ def incomplete(area: Path) -> list[str]:
     return [s.name for s in snap.list_incomplete(str(area))]
 
 
-@needs_rsync
 def test_two_backups_share_unchanged_files(server, monkeypatch, capsys):
     (server.src / "sub").mkdir()
     (server.src / "sub" / "unchanged").write_text("the same bytes in both snapshots")
@@ -251,7 +255,6 @@ def test_gate_refuses_an_unknown_client(server, monkeypatch):
     assert code == server_cli.EXIT_REFUSED
 
 
-@needs_rsync
 def test_refused_rsync_option_over_the_wire_changes_nothing(server):
     (server.src / "file").write_text("data")
     before = server.tree()
@@ -261,7 +264,6 @@ def test_refused_rsync_option_over_the_wire_changes_nothing(server):
     assert server.tree() == before
 
 
-@needs_rsync
 def test_failed_transfer_stays_incomplete_and_current_stays(server, monkeypatch, capsys):
     (server.src / "file").write_text("data")
     assert server.backup().returncode == 0
@@ -283,3 +285,30 @@ def test_failed_transfer_stays_incomplete_and_current_stays(server, monkeypatch,
 def test_finalize_without_a_transfer(server, monkeypatch):
     assert server.gate(monkeypatch, "finalize 0") == server_cli.EXIT_NOT_FINALIZED
     assert finished(server.area) == []
+
+
+def test_an_interrupted_transfer_is_resumed_not_sent_again(server, monkeypatch, capsys):
+    (server.src / "big.bin").write_bytes(os.urandom(512 * 1024))
+    (server.src / "small.txt").write_text("small\n")
+    assert server.backup().returncode == 0
+    # The laptop saw a failure (say a dropped connection): the run stays incomplete.
+    assert server.gate(monkeypatch, "finalize 12") == server_cli.EXIT_NOT_FINALIZED
+    interrupted = incomplete(server.area)
+    assert len(interrupted) == 1
+    capsys.readouterr()
+
+    second = server.backup("--stats")
+    assert second.returncode == 0, second.stderr
+    # Everything had arrived: nothing is sent again, it is linked.
+    assert "Number of regular files transferred: 0" in second.stdout
+    inodes = {
+        name: os.stat(server.area / interrupted[0] / name).st_ino
+        for name in ("big.bin", "small.txt")
+    }
+    assert server.gate(monkeypatch, "finalize 0") == 0
+    name = capsys.readouterr().out.strip()
+    for rel, ino in inodes.items():
+        assert os.stat(server.area / name / rel).st_ino == ino
+    # The resumed run superseded the interrupted one, which is gone now.
+    assert incomplete(server.area) == []
+    assert finished(server.area) == [name]

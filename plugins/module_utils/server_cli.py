@@ -234,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["mirror"]:
+        # The drive mirror has its own options and its own module.
+        from ansible_collections.linkdest.backup.plugins.module_utils import mirror
+
+        return mirror.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         config = Config.load(args.config)

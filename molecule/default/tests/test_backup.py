@@ -15,7 +15,8 @@ import linkdest_testlib as lib
 def test_password_and_keyboard_interactive_logins_are_not_offered(laptop_a):
     result = laptop_a.run(
         "ssh -F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
-        " -o BatchMode=yes -o PubkeyAuthentication=no -o PreferredAuthentications=password,keyboard-interactive"
+        " -o BatchMode=yes -o PubkeyAuthentication=no"
+        " -o PreferredAuthentications=password,keyboard-interactive"
         " root@backup-server true"
     )
     assert result.rc == 255
@@ -128,7 +129,7 @@ def test_a_second_run_while_one_is_running_says_already_running(laptop_a, server
     # A bandwidth limit keeps the first run busy for a few seconds.
     laptop_a.run(
         "runuser -u alice -- env LINKDEST_BWLIMIT=3000 setsid linkdest backup --quiet"
-        " > /tmp/first-run.out 2>&1 < /dev/null & echo $! > /tmp/first-run.pid"
+        " > /tmp/first-run.out 2>&1 < /dev/null &"
     )
     lock = lib.HOME + "/.local/state/linkdest/lock"
     for _attempt in range(50):
@@ -141,9 +142,11 @@ def test_a_second_run_while_one_is_running_says_already_running(laptop_a, server
     assert second.rc == 75
     assert "already running" in second.stderr
     for _attempt in range(120):
-        if laptop_a.run("kill -0 $(cat /tmp/first-run.pid)").rc != 0:
+        if laptop_a.run("pgrep -u alice -f 'linkdest backup'").rc != 0:
             break
         time.sleep(0.5)
+    else:
+        raise AssertionError("the first run did not finish")
     status = lib.read_status(laptop_a)
     assert status["last_exit"] == "0"
     snap = lib.entries(server, "laptop-a", status["last_snapshot"])

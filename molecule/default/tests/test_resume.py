@@ -1,0 +1,65 @@
+# Copyright (c) 2026 linkdest.backup contributors
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""An interrupted backup is resumed by the next run, not sent again."""
+
+import time
+
+import linkdest_testlib as lib
+
+MIB = 1024 * 1024
+FILES = ("resume/part1.bin", "resume/part2.bin", "resume/part3.bin", "resume/part4.bin")
+SIZE = 6 * MIB
+
+
+def _incomplete_dirs(server):
+    area = "%s/laptop-b" % lib.ROOT
+    return [n for n in server.file(area).listdir() if n.startswith("incomplete_back-")]
+
+
+def test_a_killed_backup_is_resumed_and_sends_only_what_was_missing(laptop_b, server):
+    for rel in FILES:
+        script = "mkdir -p %s/resume && head -c %d /dev/urandom > %s/%s" % (
+            lib.SOURCE,
+            SIZE,
+            lib.SOURCE,
+            rel,
+        )
+        assert lib.as_user(laptop_b, script).rc == 0
+    # A slow first run (3 MiB/s), killed once the first file has fully arrived.
+    laptop_b.run(
+        "runuser -u alice -- env LINKDEST_BWLIMIT=3072 setsid linkdest backup --quiet"
+        " > /dev/null 2>&1 < /dev/null &"
+    )
+    arrived = []
+    for _attempt in range(200):
+        pending = _incomplete_dirs(server)
+        if pending:
+            arrived = [
+                rel
+                for rel in FILES
+                if server.file("%s/laptop-b/%s/%s" % (lib.ROOT, pending[-1], rel)).exists
+            ]
+            if arrived:
+                break
+        time.sleep(0.1)
+    assert arrived, "no file arrived before the kill"
+    # Kill the whole run (linkdest, rsync, ssh) as a laptop that drops away would.
+    assert laptop_b.run("pkill -KILL -u alice").rc == 0
+    time.sleep(2)
+    assert _incomplete_dirs(server), "the interrupted run left no incomplete snapshot"
+    arrived_bytes = SIZE * len(arrived)
+
+    name = lib.backup_ok(laptop_b)
+    status = lib.read_status(laptop_b)
+    sent = int(status["last_bytes_sent"])
+    total = SIZE * len(FILES)
+    # What had arrived is linked from the interrupted run, not sent again.
+    assert sent < total - arrived_bytes + MIB, (sent, total, arrived)
+    for rel in FILES:
+        source = laptop_b.run("sha256sum %s/%s" % (lib.SOURCE, rel)).stdout.split()[0]
+        copy = server.run("sha256sum %s/laptop-b/%s/%s" % (lib.ROOT, name, rel)).stdout.split()[0]
+        assert source == copy, rel
+    # The resumed run superseded the interrupted one, and current moved on.
+    assert _incomplete_dirs(server) == []
+    assert server.file("%s/laptop-b/current" % lib.ROOT).linked_to.endswith(name)
+    assert lib.as_user(laptop_b, "rm -r %s/resume" % lib.SOURCE).rc == 0

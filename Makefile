@@ -38,9 +38,9 @@ images: host
 lint: venv host
 	$(BIN)/yamllint .
 	$(BIN)/ansible-lint
-	$(BIN)/ruff check plugins tests molecule
-	$(BIN)/ruff format --check plugins tests molecule
-	shellcheck scripts/* images/build .ci/run
+	$(BIN)/ruff check plugins tests molecule bench
+	$(BIN)/ruff format --check plugins tests molecule bench
+	shellcheck scripts/* images/build .ci/run bench/*.sh
 
 unit: venv
 	$(BIN)/pytest -q tests/unit

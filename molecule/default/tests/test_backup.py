@@ -127,10 +127,7 @@ def test_a_second_run_while_one_is_running_says_already_running(laptop_a, server
         lib.as_user(laptop_a, "head -c %d /dev/urandom > %s/big.bin" % (size, lib.SOURCE)).rc == 0
     )
     # A bandwidth limit keeps the first run busy for a few seconds.
-    laptop_a.run(
-        "runuser -u alice -- env LINKDEST_BWLIMIT=3000 setsid linkdest backup --quiet"
-        " > /tmp/first-run.out 2>&1 < /dev/null &"
-    )
+    lib.start_backup_detached("laptop-a", 1200)
     lock = lib.HOME + "/.local/state/linkdest/lock"
     for _attempt in range(50):
         if laptop_a.run("flock --nonblock %s true" % lock).rc != 0:

@@ -26,10 +26,7 @@ def test_a_killed_backup_is_resumed_and_sends_only_what_was_missing(laptop_b, se
         )
         assert lib.as_user(laptop_b, script).rc == 0
     # A slow first run (3 MiB/s), killed once the first file has fully arrived.
-    laptop_b.run(
-        "runuser -u alice -- env LINKDEST_BWLIMIT=3072 setsid linkdest backup --quiet"
-        " > /dev/null 2>&1 < /dev/null &"
-    )
+    lib.start_backup_detached("laptop-b", 3072)
     arrived = []
     for _attempt in range(200):
         pending = _incomplete_dirs(server)

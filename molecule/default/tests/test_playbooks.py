@@ -1,0 +1,53 @@
+# Copyright (c) 2026 linkdest.backup contributors
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The operator playbooks, run for real against the test fleet."""
+
+import os
+import pathlib
+import subprocess
+
+import linkdest_testlib as lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+
+
+def playbook(name, *extra):
+    return subprocess.run(
+        [
+            "ansible-playbook",
+            "-i",
+            os.environ["MOLECULE_INVENTORY_FILE"],
+            "linkdest.backup.%s" % name,
+            *extra,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+
+
+def test_backup_now_reports_the_new_snapshots(server):
+    before = {client: lib.snapshot_names(server, client) for client in ("laptop-a", "laptop-b")}
+    result = playbook("backup_now")
+    assert result.returncode == 0, result.stdout
+    for client in ("laptop-a", "laptop-b"):
+        new = sorted(set(lib.snapshot_names(server, client)) - set(before[client]))
+        assert len(new) == 1, client
+        assert "snapshot %s finished" % new[0] in result.stdout
+
+
+def test_status_prints_one_table_for_the_fleet():
+    result = playbook("status")
+    assert result.returncode == 0, result.stdout
+    assert "CLIENT           NEWEST SNAPSHOT" in result.stdout
+    for client in ("laptop-a", "laptop-b"):
+        assert '"%s ' % client in result.stdout.replace('        "', '"')
+
+
+def test_status_fails_when_a_laptop_is_stale():
+    # A threshold of a few seconds makes every laptop's newest snapshot stale.
+    result = playbook("status", "-e", "linkdest_stale_after_hours=0.001")
+    assert result.returncode != 0
+    assert "Stale: ['laptop-a', 'laptop-b']" in result.stdout + result.stderr

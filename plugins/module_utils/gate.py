@@ -24,6 +24,18 @@ _RECEIVE_SHORT_FLAGS = set("logDtprvzcHAXxnSOJ")
 # The protocol capability string that follows -e. Patterns here end in \Z,
 # not $: "$" would also accept a trailing newline.
 _CAPABILITIES_RE = re.compile(r"^\.?[A-Za-z]*\Z")
+# Long options a sender (restore, compare) may get. The server adds
+# --fake-super itself, so the laptop gets back the modes and links it sent.
+_SEND_LONG_OPTIONS = {
+    "--fake-super": None,
+    "--numeric-ids": None,
+    "--stats": None,
+    "--delete": None,
+    "--timeout": re.compile(r"^\d{1,6}\Z"),
+    "--bwlimit": re.compile(r"^\d{1,9}[KkMm]?\Z"),
+    "--log-format": re.compile(r"^%i\Z"),
+}
+_SNAPSHOT_RE = re.compile(r"^back-\d{4}-\d{2}-\d{2}T\d{2}_\d{2}_\d{2}\Z")
 # Long options a receiver may get: each maps to a regex its value must match
 # (None: takes no value). Everything else is refused, among others --inplace,
 # --append, --link-dest, --partial-dir, --temp-dir, --backup-dir, --log-file.
@@ -69,6 +81,30 @@ class ListRequest:
     """List this client's finished snapshots."""
 
 
+@dataclass(frozen=True)
+class SendRequest:
+    """Read from one of this client's finished snapshots (restore, compare)."""
+
+    options: tuple[str, ...]
+    snapshot: str
+    relpath: str
+
+
+@dataclass(frozen=True)
+class LocateRequest:
+    """Which snapshot holds a path (the newest, or the newest at or before ``when``)."""
+
+    relpath: str
+    when: str | None
+
+
+@dataclass(frozen=True)
+class VersionsRequest:
+    """The snapshots in which a path differs from the one before."""
+
+    relpath: str
+
+
 def _check_short_flags(token: str) -> None:
     flags = token[1:]
     for index, flag in enumerate(flags):
@@ -80,39 +116,74 @@ def _check_short_flags(token: str) -> None:
             raise GateRefused("rsync option -%s is not allowed" % flag)
 
 
-def _check_long_option(token: str) -> None:
+def _check_long_option(token: str, allowed: dict | None = None) -> None:
+    allowed = _RECEIVE_LONG_OPTIONS if allowed is None else allowed
     name, sep, value = token.partition("=")
-    if name not in _RECEIVE_LONG_OPTIONS:
+    if name not in allowed:
         raise GateRefused("rsync option %s is not allowed" % name)
-    pattern = _RECEIVE_LONG_OPTIONS[name]
+    pattern = allowed[name]
     if pattern is None and sep:
         raise GateRefused("rsync option %s takes no value" % name)
     if pattern is not None and not (sep and pattern.match(value)):
         raise GateRefused("rsync option %s has a bad value" % name)
 
 
-def _parse_rsync(words: list[str]) -> ReceiveRequest:
-    if words[1:2] != ["--server"]:
-        raise GateRefused("only 'rsync --server' may run")
-    if "--sender" in words:
-        raise GateRefused("reading snapshots over rsync is not enabled")
-    args = words[2:]
-    # rsync ends its options with "." and then names the destination, which
-    # the gate ignores: the server chooses where a snapshot goes.
+def _split_options(args: list[str]) -> tuple[list[str], list[str]]:
+    # rsync ends its options with "." and then names the path(s).
     try:
         dot = args.index(".")
     except ValueError:
-        raise GateRefused("not an rsync receiver command line") from None
-    options, paths = args[:dot], args[dot + 1 :]
-    if len(paths) != 1:
-        raise GateRefused("rsync must name exactly one destination")
+        raise GateRefused("not an rsync server command line") from None
+    return args[:dot], args[dot + 1 :]
+
+
+def _check_options(options: list[str], long_options: dict) -> None:
     for token in options:
         if token.startswith("--"):
-            _check_long_option(token)
+            _check_long_option(token, long_options)
         elif token.startswith("-") and len(token) > 1:
             _check_short_flags(token)
         else:
             raise GateRefused("unexpected rsync argument %r" % token)
+
+
+def _check_relpath(relpath: str) -> str:
+    """A path inside a snapshot: relative, no '.', '..' or empty parts."""
+    if relpath in ("", "."):
+        return ""
+    if relpath.startswith("/") or "\0" in relpath:
+        raise GateRefused("only paths inside a snapshot may be read")
+    parts = relpath.rstrip("/").split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise GateRefused("only paths inside a snapshot may be read")
+    return relpath
+
+
+def _parse_rsync(words: list[str]):
+    if words[1:2] != ["--server"]:
+        raise GateRefused("only 'rsync --server' may run")
+    args = words[2:]
+    if args[:1] == ["--sender"]:
+        options, paths = _split_options(args[1:])
+        if "--sender" in options:
+            raise GateRefused("--sender given twice")
+        _check_options(options, _SEND_LONG_OPTIONS)
+        if len(paths) != 1:
+            raise GateRefused("rsync may read exactly one path")
+        snapshot, _sep, relpath = paths[0].partition("/")
+        if not _SNAPSHOT_RE.match(snapshot):
+            raise GateRefused("only finished snapshots (back-...) may be read")
+        return SendRequest(
+            options=tuple(options), snapshot=snapshot, relpath=_check_relpath(relpath)
+        )
+    if "--sender" in args:
+        raise GateRefused("--sender must come first")
+    # The receiver's destination is ignored: the server chooses where a
+    # snapshot goes.
+    options, paths = _split_options(args)
+    if len(paths) != 1:
+        raise GateRefused("rsync must name exactly one destination")
+    _check_options(options, _RECEIVE_LONG_OPTIONS)
     return ReceiveRequest(options=tuple(options))
 
 
@@ -137,4 +208,10 @@ def parse_request(command: str | None):
         return FinalizeRequest(rsync_exit=int(words[1]))
     if verb == "list" and len(words) == 1:
         return ListRequest()
+    if verb == "locate" and len(words) in (2, 3):
+        return LocateRequest(
+            relpath=_check_relpath(words[1]) or ".", when=words[2] if len(words) == 3 else None
+        )
+    if verb == "versions" and len(words) == 2 and _check_relpath(words[1]):
+        return VersionsRequest(relpath=words[1])
     raise GateRefused("command %r is not allowed" % verb)

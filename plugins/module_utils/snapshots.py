@@ -423,6 +423,85 @@ def finish_deletions(area: str) -> list[str]:
     return finished
 
 
+# --- reading finished snapshots (restore) ------------------------------------
+
+MAX_RELPATH = 4096
+
+
+def split_relpath(relpath: str) -> list[str]:
+    """Split a path inside a snapshot into its parts, refusing any escape.
+
+    No absolute paths, no ``.`` or ``..`` parts, no empty parts (except a
+    trailing slash), no NUL: the path can only name something inside.
+    """
+    if not relpath or len(relpath) > MAX_RELPATH or "\0" in relpath or relpath.startswith("/"):
+        raise LayoutError("unsafe path %r" % relpath[:200])
+    parts = relpath.rstrip("/").split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise LayoutError("unsafe path %r" % relpath[:200])
+    return parts
+
+
+def resolve_in_snapshot(area: str, snapshot: str, relpath: str) -> str:
+    """The path of ``relpath`` inside the finished ``snapshot`` of ``area``.
+
+    Every part is looked at with lstat: a symlink before the last part is
+    refused (it could lead out of the snapshot), the last part may be a
+    symlink (rsync sends it as a link, never following it).
+    """
+    snap = parse_snapshot_name(snapshot)
+    top = os.path.join(area, snapshot)
+    if snap is None or not snap.complete or os.path.islink(top) or not os.path.isdir(top):
+        raise SnapshotNotFoundError("no finished snapshot %s" % snapshot)
+    path = top
+    parts = split_relpath(relpath) if relpath not in ("", ".", "./") else []
+    for index, part in enumerate(parts):
+        path = os.path.join(path, part)
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise SnapshotNotFoundError("%s is not in %s" % (relpath, snapshot)) from None
+        if stat.S_ISLNK(st.st_mode) and index < len(parts) - 1:
+            raise LayoutError("%s passes through a symlink in %s" % (relpath, snapshot))
+    return path
+
+
+def find_versions(area: str, relpath: str) -> list[tuple[Snapshot, os.stat_result]]:
+    """Every finished snapshot holding ``relpath``, oldest first, with its lstat."""
+    found = []
+    for snap in list_snapshots(area):
+        try:
+            path = resolve_in_snapshot(area, snap.name, relpath)
+        except SnapshotNotFoundError:
+            continue
+        found.append((snap, os.lstat(path)))
+    return found
+
+
+def changed_versions(
+    versions: list[tuple[Snapshot, os.stat_result]],
+) -> list[tuple[Snapshot, os.stat_result]]:
+    """Keep the snapshots where the file differs from the one before.
+
+    Unchanged files are hard links, so the same inode means the same version.
+    """
+    kept = []
+    for snap, st in versions:
+        if not kept or (kept[-1][1].st_ino, kept[-1][1].st_dev) != (st.st_ino, st.st_dev):
+            kept.append((snap, st))
+    return kept
+
+
+def locate(area: str, relpath: str, at: datetime | None = None) -> Snapshot:
+    """The newest finished snapshot (taken at or before ``at``) holding ``relpath``."""
+    split_relpath(relpath)
+    candidates = [snap for snap, _ in find_versions(area, relpath) if at is None or snap.time <= at]
+    if not candidates:
+        when = "" if at is None else " at or before %s" % at.isoformat()
+        raise SnapshotNotFoundError("%s is in no snapshot%s" % (relpath, when))
+    return candidates[-1]
+
+
 # --- rsync exit codes ---------------------------------------------------------
 
 # The one table of what an rsync exit code means for a snapshot.

@@ -159,3 +159,81 @@ def test_output_only_options_are_accepted(command):
 def test_output_options_with_other_values_are_refused(command):
     with pytest.raises(gate.GateRefused):
         gate.parse_request(command)
+
+
+# --- reading one's own finished snapshots -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "snapshot", "relpath"),
+    [
+        (
+            "rsync --server --sender -logDtpre.iLsfxCIvu --fake-super"
+            " . back-2026-11-26T11_40_37/docs/a.txt",
+            "back-2026-11-26T11_40_37",
+            "docs/a.txt",
+        ),
+        (
+            "rsync --server --sender -nlogDtpre.iLsfxCIvu --fake-super --delete --log-format=%i"
+            " . back-2026-11-26T11_40_37/",
+            "back-2026-11-26T11_40_37",
+            "",
+        ),
+    ],
+    ids=["restore-a-file", "compare-dry-run"],
+)
+def test_reading_a_finished_snapshot_is_accepted(command, snapshot, relpath):
+    request = gate.parse_request(command)
+    assert isinstance(request, gate.SendRequest)
+    assert request.snapshot == snapshot
+    assert request.relpath == relpath
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/etc/passwd",
+        "incomplete_back-2026-11-26T11_40_37/a",
+        "current/a",
+        "back-2026-11-26T11_40_37/../other/a",
+        "back-2026-11-26T11_40_37/./a",
+        "back-2026-11-26T11_40_37//a",
+        "../laptop-b/back-2026-11-26T11_40_37",
+        "back-junk/a",
+    ],
+    ids=[
+        "absolute",
+        "incomplete",
+        "current-link",
+        "dotdot",
+        "dot",
+        "empty-part",
+        "other-area",
+        "bad-name",
+    ],
+)
+def test_reading_anything_but_a_finished_snapshot_path_is_refused(path):
+    with pytest.raises(gate.GateRefused):
+        gate.parse_request("rsync --server --sender -logDtpre.iLsfxCIvu . %s" % path)
+
+
+@pytest.mark.parametrize(
+    "options",
+    ["--remove-source-files", "-L", "--copy-links", "--inplace", "--sender", "--files-from=x"],
+)
+def test_sender_options_outside_the_allow_list_are_refused(options):
+    with pytest.raises(gate.GateRefused):
+        gate.parse_request(
+            "rsync --server --sender -logDtpre.iLsfxCIvu %s . back-2026-11-26T11_40_37/a" % options
+        )
+
+
+def test_locate_and_versions_take_a_safe_path():
+    assert gate.parse_request("locate docs/a.txt") == gate.LocateRequest("docs/a.txt", None)
+    assert gate.parse_request("locate docs/a.txt 2026-11-26T12:00") == gate.LocateRequest(
+        "docs/a.txt", "2026-11-26T12:00"
+    )
+    assert gate.parse_request("versions docs/a.txt") == gate.VersionsRequest("docs/a.txt")
+    for bad in ("locate ../x", "versions /etc/passwd", "versions", "locate a b c"):
+        with pytest.raises(gate.GateRefused):
+            gate.parse_request(bad)

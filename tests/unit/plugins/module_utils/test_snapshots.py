@@ -743,3 +743,71 @@ def test_finish_deletions_completes_a_crashed_delete(tmp_path):
     (area / "back-2026-01-02T00_00_00").mkdir()
     assert snap.finish_deletions(str(area)) == ["back-2026-01-01T00_00_00"]
     assert os.listdir(area) == ["back-2026-01-02T00_00_00"]
+
+
+# --- reading finished snapshots -------------------------------------------------
+
+
+def _restore_area(tmp_path):
+    area = tmp_path / "area"
+    for stamp, content in (
+        ("2026-01-01T00_00_00", "v1"),
+        ("2026-01-02T00_00_00", None),
+        ("2026-01-03T00_00_00", "v2"),
+    ):
+        (area / ("back-" + stamp) / "docs").mkdir(parents=True)
+        if content is not None:
+            (area / ("back-" + stamp) / "docs" / "a.txt").write_text(content)
+    # An unchanged file is a hard link: the same version.
+    (area / "back-2026-01-03T00_00_00" / "docs" / "same.txt").write_text("same")
+    (area / "back-2026-01-04T00_00_00" / "docs").mkdir(parents=True)
+    os.link(
+        area / "back-2026-01-03T00_00_00" / "docs" / "same.txt",
+        area / "back-2026-01-04T00_00_00" / "docs" / "same.txt",
+    )
+    os.link(
+        area / "back-2026-01-03T00_00_00" / "docs" / "a.txt",
+        area / "back-2026-01-04T00_00_00" / "docs" / "a.txt",
+    )
+    (area / "back-2026-01-04T00_00_00" / "escape").symlink_to("/etc")
+    (area / "incomplete_back-2026-01-05T00_00_00" / "docs").mkdir(parents=True)
+    (area / "incomplete_back-2026-01-05T00_00_00" / "docs" / "a.txt").write_text("half")
+    return area
+
+
+def test_locate_finds_the_newest_snapshot_holding_a_path(tmp_path):
+    area = str(_restore_area(tmp_path))
+    assert snap.locate(area, "docs/a.txt").name == "back-2026-01-04T00_00_00"
+    at = datetime(2026, 1, 2, 12, tzinfo=timezone.utc)
+    assert snap.locate(area, "docs/a.txt", at).name == "back-2026-01-01T00_00_00"
+    with pytest.raises(snap.SnapshotNotFoundError, match="is in no snapshot"):
+        snap.locate(area, "docs/never.txt")
+
+
+def test_changed_versions_collapse_hard_linked_copies(tmp_path):
+    area = str(_restore_area(tmp_path))
+    versions = snap.changed_versions(snap.find_versions(area, "docs/a.txt"))
+    assert [s.name for s, _ in versions] == ["back-2026-01-01T00_00_00", "back-2026-01-03T00_00_00"]
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "relpath", "error"),
+    [
+        ("back-2026-01-04T00_00_00", "escape/passwd", snap.LayoutError),
+        ("back-2026-01-04T00_00_00", "../back-2026-01-01T00_00_00/docs/a.txt", snap.LayoutError),
+        ("back-2026-01-04T00_00_00", "/etc/passwd", snap.LayoutError),
+        ("incomplete_back-2026-01-05T00_00_00", "docs/a.txt", snap.SnapshotNotFoundError),
+        ("back-2026-01-04T00_00_00", "docs/none", snap.SnapshotNotFoundError),
+    ],
+    ids=["through-symlink", "dotdot", "absolute", "incomplete", "missing"],
+)
+def test_resolve_in_snapshot_refuses_escapes(tmp_path, snapshot, relpath, error):
+    area = str(_restore_area(tmp_path))
+    with pytest.raises(error):
+        snap.resolve_in_snapshot(area, snapshot, relpath)
+
+
+def test_resolve_in_snapshot_allows_a_final_symlink(tmp_path):
+    area = str(_restore_area(tmp_path))
+    path = snap.resolve_in_snapshot(area, "back-2026-01-04T00_00_00", "escape")
+    assert os.path.islink(path)

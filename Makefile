@@ -57,7 +57,7 @@ build-check: venv
 	scripts/build-check
 
 molecule: venv images
-	for s in $(SCENARIOS); do $(BIN)/molecule test -s $$s; done
+	scripts/molecule-all $(SCENARIOS)
 
 test: lint unit bad-input sanity build-check molecule
 

@@ -1,7 +1,7 @@
 # Copyright (c) 2026 linkdest.backup contributors
 # SPDX-License-Identifier: GPL-3.0-or-later
 """``linkdest-server``: the server's command, shared by the forced SSH command
-(``gate``) and the administrator (``finalize``, ``list``).
+(``gate``) and the administrator (``finalize``, ``list``, ``prune``, ``adopt``).
 
 The role installs this file and snapshots.py/gate.py under
 /usr/local/lib/linkdest/ and a three-line launcher that calls main(). The
@@ -11,15 +11,19 @@ configuration is /etc/linkdest/server.json, written by the backup_server role.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import os
 import pwd
+import stat
 import subprocess
 import sys
 import syslog
 from datetime import datetime, timezone
 
 from ansible_collections.linkdest.backup.plugins.module_utils import gate as gate_lib
+from ansible_collections.linkdest.backup.plugins.module_utils import retention
 from ansible_collections.linkdest.backup.plugins.module_utils import snapshots as snap
 
 CONFIG_PATH = "/etc/linkdest/server.json"
@@ -29,7 +33,15 @@ JOURNAL = ".linkdest-journal"
 EXIT_REFUSED = 77
 EXIT_BUSY = 75
 EXIT_NOT_FINALIZED = 65
+EXIT_NOT_FOUND = 67
 EXIT_NOT_MOUNTED = 72
+# The drive is below the space guard's hard floor (sysexits EX_CANTCREAT).
+EXIT_NO_SPACE = 73
+
+# How the drive is measured; tests put a fake file system here.
+STATVFS = os.statvfs
+# How long an administrator's prune waits for a busy area (a running backup).
+PRUNE_LOCK_WAIT = 60
 
 
 class Config:
@@ -39,6 +51,9 @@ class Config:
         self.timeout = int(data.get("rsync_timeout", 600))
         self.partial_policy = data.get("partial_policy", "finalize")
         self.root_must_be_mount = bool(data.get("root_must_be_mount", False))
+        # Missing keys take the role's defaults (retention.py holds the same).
+        self.retention = retention.Policy.from_mapping(data.get("retention"))
+        self.space_guard = retention.SpaceGuard.from_mapping(data.get("space_guard"))
         # client name -> the system account that client's key logs in as
         self.clients = data.get("clients", {})
 
@@ -122,6 +137,17 @@ def _gate_receive(config: Config, client: str, area: str, request) -> int:
         _log(client, "refused: backup drive %s is not mounted" % config.root, syslog.LOG_ERR)
         sys.stderr.write("linkdest-server: backup drive %s is not mounted\n" % config.root)
         return EXIT_NOT_MOUNTED
+    # The last step of the space guard: thinning and space pruning (after each
+    # backup and daily) could not make room, so no transfer starts at all.
+    short = retention.floor_shortfall(retention.measure(config.root, STATVFS), config.space_guard)
+    if short:
+        message = (
+            "refused: backup drive %s is nearly full: %s (the hard floor); no backup until"
+            " space is freed (see linkdest-server prune --dry-run --all)" % (config.root, short)
+        )
+        _log(client, message, syslog.LOG_ERR)
+        sys.stderr.write("linkdest-server: %s\n" % message)
+        return EXIT_NO_SPACE
     try:
         # Wait a little: the receiver of a run the laptop just lost may still
         # be winding down, and prune or the mirror may hold the area briefly.
@@ -176,14 +202,61 @@ def _gate_finalize(config: Config, client: str, area: str, request) -> int:
             finalized=True,
         )
         _log(client, "finalized %s (%s)" % (plan.final, result.outcome))
+        # Only after a success: a client whose backups fail keeps its history.
+        _prune_after_finalize(config, client, area)
         sys.stdout.write(plan.final + "\n")
         return 0
 
 
-def _print_list(area: str) -> int:
+def _prune_after_finalize(config: Config, client: str, area: str) -> None:
+    """Thin the client's area and make room, under the lock finalize holds.
+
+    Runs as the laptop's account, so it reaches only this client's area. A
+    failure here never undoes the finalize: it is logged and reported to the
+    laptop's log as a warning. stdout stays the snapshot's name alone.
+    """
+
+    def removed(_client, decision):
+        _log(client, "pruned %s (%s)" % (decision.name, decision.rule))
+        _journal(area, pruned=decision.name, rule=decision.rule)
+
+    try:
+        report = retention.prune(
+            {client: area},
+            config.retention,
+            datetime.now(timezone.utc),
+            guard=config.space_guard,
+            root=config.root,
+            statvfs=STATVFS,
+            on_remove=removed,
+        )
+    except (snap.SnapshotError, OSError) as exc:
+        _log(client, "prune after finalize failed: %s" % exc, syslog.LOG_ERR)
+        sys.stderr.write("linkdest-server: warning: prune after finalize failed: %s\n" % exc)
+        return
+    gone = report.areas[client].removed
+    if gone:
+        sys.stderr.write(
+            "linkdest-server: pruned %d snapshot(s): %s\n" % (len(gone), ", ".join(gone))
+        )
+    if report.still_short:
+        message = "backup drive still short of room after pruning down to min_keep: %s" % (
+            report.still_short
+        )
+        _log(client, message, syslog.LOG_WARNING)
+        sys.stderr.write("linkdest-server: warning: %s\n" % message)
+
+
+def _print_list(area: str, usage: bool = False) -> int:
     current = snap.read_current(area)
-    for item in snap.list_snapshots(area):
-        sys.stdout.write("%s%s\n" % (item.name, " current" if item.name == current else ""))
+    finished = snap.list_snapshots(area)
+    added = retention.added_usage(area, [s.name for s in finished]) if usage else {}
+    for item in finished:
+        line = item.name + (" current" if item.name == current else "")
+        if usage:
+            nbytes, inodes = added[item.name]
+            line += " adds %s in %d inodes" % (retention.format_bytes(nbytes), inodes)
+        sys.stdout.write(line + "\n")
     return 0
 
 
@@ -204,7 +277,58 @@ def cmd_gate(config: Config, client: str) -> int:
         return _gate_receive(config, client, area, request)
     if isinstance(request, gate_lib.FinalizeRequest):
         return _gate_finalize(config, client, area, request)
+    if isinstance(
+        request, (gate_lib.SendRequest, gate_lib.LocateRequest, gate_lib.VersionsRequest)
+    ):
+        return _gate_read(config, client, area, request)
     return _print_list(area)
+
+
+def sender_argv(config: Config, request: gate_lib.SendRequest) -> list[str]:
+    """The rsync sender for a restore: the laptop's options, the server's path.
+
+    --fake-super makes the sender hand back the modes, owners and symlinks
+    the receiver recorded in xattrs, so a restore is faithful.
+    """
+    path = request.snapshot + "/" + request.relpath if request.relpath else request.snapshot + "/"
+    argv = [config.rsync, "--server", "--sender", *request.options, "--fake-super"]
+    return argv + ["--timeout=%d" % config.timeout, ".", path]
+
+
+def _parse_when(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise gate_lib.GateRefused(
+            "cannot read the time %r (want YYYY-MM-DDTHH:MM:SS, UTC)" % text
+        ) from None
+
+
+def _gate_read(config: Config, client: str, area: str, request) -> int:
+    """Read-only access to the client's own finished snapshots."""
+    try:
+        if isinstance(request, gate_lib.LocateRequest):
+            when = _parse_when(request.when) if request.when else None
+            sys.stdout.write(snap.locate(area, request.relpath, when).name + "\n")
+            return 0
+        if isinstance(request, gate_lib.VersionsRequest):
+            versions = snap.changed_versions(snap.find_versions(area, request.relpath))
+            if not versions:
+                raise snap.SnapshotNotFoundError("%s is in no snapshot" % request.relpath)
+            for item, st in versions:
+                stamp = datetime.fromtimestamp(st.st_mtime, timezone.utc).strftime(
+                    "%Y-%m-%d %H:%M:%S"
+                )
+                sys.stdout.write("%-25s %10d %s\n" % (item.name, st.st_size, stamp))
+            return 0
+        # Resolving checks every part: no escape from the snapshot.
+        snap.resolve_in_snapshot(area, request.snapshot, request.relpath)
+    except (snap.SnapshotError, gate_lib.GateRefused) as exc:
+        _log(client, "read refused: %s" % exc, syslog.LOG_WARNING)
+        sys.stderr.write("linkdest-server: %s\n" % exc)
+        return EXIT_NOT_FOUND
+    _log(client, "sending %s/%s" % (request.snapshot, request.relpath))
+    return subprocess.call(sender_argv(config, request), cwd=area)
 
 
 def cmd_finalize(config: Config, client: str, snapshot: str) -> int:
@@ -212,6 +336,218 @@ def cmd_finalize(config: Config, client: str, snapshot: str) -> int:
     with snap.area_lock(area, wait=120):
         plan = snap.finalize(area, snapshot)
     sys.stdout.write("%s %s\n" % (plan.final, "finalized" if plan.changed else "already final"))
+    return 0
+
+
+def _existing_areas(config: Config, clients: list[str]) -> dict[str, str]:
+    areas = {}
+    for client in clients:
+        area = config.area(client)
+        if os.path.isdir(area) and not os.path.islink(area):
+            areas[client] = area
+    return areas
+
+
+def cmd_prune(
+    config: Config,
+    clients: list[str],
+    dry_run: bool = False,
+    quiet: bool = False,
+    every: bool = False,
+) -> int:
+    """Thin each client's area, then prune the drive's oldest snapshots for room.
+
+    A dry run takes no lock and changes nothing; a real run locks every area
+    it prunes. With ``every`` (--all, the daily cron job) a busy area is
+    skipped, as it is pruned after its running backup anyway; a single named
+    client that stays busy is an error (EXIT_BUSY).
+    """
+    out = (lambda text: None) if quiet else (lambda text: sys.stdout.write(text + "\n"))
+    areas = _existing_areas(config, clients)
+    busy = []
+    with contextlib.ExitStack() as stack:
+        locked = {}
+        for client, area in sorted(areas.items()):
+            if dry_run:
+                locked[client] = area
+                continue
+            try:
+                stack.enter_context(snap.area_lock(area, wait=PRUNE_LOCK_WAIT))
+            except snap.LockBusyError:
+                busy.append(client)
+                _log(client, "prune skipped: a backup is running", syslog.LOG_NOTICE)
+                continue
+            locked[client] = area
+
+        def removed(client, decision):
+            _log(client, "pruned %s (%s)" % (decision.name, decision.rule))
+
+        try:
+            report = retention.prune(
+                locked,
+                config.retention,
+                datetime.now(timezone.utc),
+                guard=config.space_guard,
+                root=config.root,
+                dry_run=dry_run,
+                statvfs=STATVFS,
+                on_remove=removed,
+            )
+        except retention.PruneError as exc:
+            _print_prune(exc.report, out)
+            raise
+    _print_prune(report, out)
+    for client in busy:
+        out("%s: busy (a backup is running), skipped" % client)
+    if report.still_short:
+        message = "backup drive still short of room after pruning down to min_keep: %s" % (
+            report.still_short
+        )
+        syslog.syslog(syslog.LOG_WARNING, message)
+        sys.stderr.write("linkdest-server: warning: %s\n" % message)
+    if busy and not every:
+        sys.stderr.write("linkdest-server: busy: a backup of %s is running\n" % clients[0])
+        return EXIT_BUSY
+    return 0
+
+
+def _print_prune(report: retention.PruneReport, out) -> None:
+    for client, part in sorted(report.areas.items()):
+        for name in part.finished_deletions:
+            out("%s %s remove: interrupted deletion" % (client, name))
+        for decision in part.decisions:
+            out("%s %s %s" % (client, decision.name, decision.text))
+        out(
+            "%s: %d kept, %d %s"
+            % (
+                client,
+                len(part.kept),
+                len(part.removed),
+                "to remove (dry run, nothing changed)" if report.dry_run else "removed",
+            )
+        )
+    if report.usage_after is not None:
+        out(
+            "drive: %s%s"
+            % (report.usage_after.describe(), " (estimated)" if report.dry_run else "")
+        )
+
+
+# --- adopting trees made by the article's script --------------------------------
+
+# rsync --fake-super keeps a file's real mode and owner in this attribute.
+FAKE_SUPER_XATTR = "user.rsync.%stat"
+
+
+# The area's own files: a root-owned one (say a lock file a root process
+# created) would lock the laptop's account out of its own area.
+AREA_FILES = (snap.LOCK_FILE, JOURNAL, RECEIVED_MARKER)
+
+
+def _adoptable(name: str, st: os.stat_result) -> bool:
+    if name == snap.CURRENT_LINK:
+        return stat.S_ISLNK(st.st_mode)
+    if name in AREA_FILES:
+        return stat.S_ISREG(st.st_mode)
+    if name.startswith(snap.TRASH_PREFIX):
+        name = name[len(snap.TRASH_PREFIX) :]
+    return snap.parse_snapshot_name(name) is not None and stat.S_ISDIR(st.st_mode)
+
+
+def _record_and_chown(fd: int, st: os.stat_result, uid: int, gid: int, xattrs: list) -> None:
+    """Keep the old mode and owner as rsync --fake-super would, then hand over."""
+    if xattrs[0]:
+        try:
+            os.getxattr(fd, FAKE_SUPER_XATTR)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                xattrs[0] = False  # a file system without user xattrs
+            elif exc.errno == errno.ENODATA:
+                value = "%o 0,0 %d:%d" % (st.st_mode, st.st_uid, st.st_gid)
+                os.setxattr(fd, FAKE_SUPER_XATTR, value.encode())
+            else:
+                raise
+    os.fchown(fd, uid, gid)
+
+
+def adopt_area(area: str, uid: int, gid: int, dry_run: bool = False) -> dict[str, int]:
+    """Hand the snapshots another user made in ``area`` to ``uid``:``gid``.
+
+    Returns, per adopted top-level entry (snapshot, incomplete snapshot,
+    interrupted deletion, ``current``, the area's lock, journal and marker
+    files), how many entries changed owner.
+
+    Root runs this in a directory a laptop's account controls, so it works on
+    file descriptors only: every directory is opened relative to its parent
+    with O_NOFOLLOW (os.fwalk), files are opened with O_NOFOLLOW and changed
+    through their descriptor, symlinks are changed with lchown; nothing is
+    ever followed out of the area. Bottom-up, so a snapshot's own directory
+    changes last and an interrupted run is finished by the next one.
+    Entries the account already owns are left as they are.
+    """
+    area_fd = os.open(area, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    adopted = {}
+    xattrs = [True]
+    try:
+        for entry in sorted(os.scandir(area_fd), key=lambda e: e.name):
+            st = entry.stat(follow_symlinks=False)
+            if st.st_uid == uid or not _adoptable(entry.name, st):
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                adopted[entry.name] = _adopt_tree(area_fd, entry.name, uid, gid, dry_run, xattrs)
+                continue
+            adopted[entry.name] = 1
+            if not dry_run:
+                # `current` (lchown) or one of the area's own plain files.
+                os.chown(entry.name, uid, gid, dir_fd=area_fd, follow_symlinks=False)
+    finally:
+        os.close(area_fd)
+    return adopted
+
+
+def _adopt_tree(area_fd: int, top: str, uid: int, gid: int, dry_run: bool, xattrs: list) -> int:
+    count = 0
+    for _path, dirnames, filenames, dir_fd in os.fwalk(
+        top, topdown=False, follow_symlinks=False, dir_fd=area_fd
+    ):
+        for name in filenames + dirnames:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode) or st.st_uid == uid:
+                continue  # a directory is handled through its own descriptor
+            count += 1
+            if dry_run:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+                fd = os.open(name, flags, dir_fd=dir_fd)
+                try:
+                    st = os.fstat(fd)
+                    if stat.S_ISREG(st.st_mode):
+                        _record_and_chown(fd, st, uid, gid, xattrs)
+                        continue
+                finally:
+                    os.close(fd)
+            # Symlinks, devices, fifos, sockets: the owner only, never followed.
+            os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+        st = os.fstat(dir_fd)
+        if st.st_uid != uid:
+            count += 1
+            if not dry_run:
+                _record_and_chown(dir_fd, st, uid, gid, xattrs)
+    return count
+
+
+def cmd_adopt(config: Config, client: str, dry_run: bool = False) -> int:
+    area = config.area(client)
+    account = pwd.getpwnam(config.clients[client])
+    adopted = adopt_area(area, account.pw_uid, account.pw_gid, dry_run)
+    for name, count in adopted.items():
+        sys.stdout.write(
+            "%s %s (%d entries) to %s\n"
+            % ("would adopt" if dry_run else "adopted", name, count, account.pw_name)
+        )
+        if not dry_run:
+            _log(client, "adopted %s (%d entries) for %s" % (name, count, account.pw_name))
     return 0
 
 
@@ -230,6 +566,27 @@ def build_parser() -> argparse.ArgumentParser:
     fin.add_argument("snapshot", help="incomplete_back-T, back-T or T")
     lst = sub.add_parser("list", help="list a client's finished snapshots")
     lst.add_argument("client")
+    lst.add_argument(
+        "--usage",
+        action="store_true",
+        help="also show the disk each snapshot alone holds (walks every file)",
+    )
+    prune = sub.add_parser(
+        "prune",
+        help="thin snapshots, then remove the oldest while the drive is short of room",
+        description="Print every finished snapshot with keep or remove and the rule that"
+        " decided, then carry it out (thinning, then the drive-wide space guard).",
+    )
+    which = prune.add_mutually_exclusive_group(required=True)
+    which.add_argument("client", nargs="?")
+    which.add_argument("--all", action="store_true", help="every client in the configuration")
+    prune.add_argument("--dry-run", action="store_true", help="decide and print, remove nothing")
+    prune.add_argument("--quiet", action="store_true", help="print nothing but errors (cron)")
+    adopt = sub.add_parser(
+        "adopt", help="hand snapshots another user made (the article's script) to the account"
+    )
+    adopt.add_argument("client")
+    adopt.add_argument("--dry-run", action="store_true", help="say what would change")
     return parser
 
 
@@ -247,7 +604,14 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_gate(config, args.client)
         if args.command == "finalize":
             return cmd_finalize(config, args.client, args.snapshot)
-        return _print_list(config.area(args.client))
+        if args.command == "prune":
+            clients = sorted(config.clients) if args.all else [args.client]
+            return cmd_prune(
+                config, clients, dry_run=args.dry_run, quiet=args.quiet, every=args.all
+            )
+        if args.command == "adopt":
+            return cmd_adopt(config, args.client, dry_run=args.dry_run)
+        return _print_list(config.area(args.client), usage=args.usage)
     except (snap.SnapshotError, gate_lib.GateRefused, OSError) as exc:
         sys.stderr.write("linkdest-server: %s\n" % exc)
         return 1

@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import stat
+import subprocess
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -262,6 +263,11 @@ def area_lock(area: str, wait: float = 0.0):
     path = os.path.join(area, LOCK_FILE)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
+        # Root (the daily prune, the mirror, a module) must not leave the lock
+        # file root-owned: the laptop's account could never lock its area again.
+        owner = os.lstat(area)
+        if os.geteuid() == 0 and os.fstat(fd).st_uid != owner.st_uid:
+            os.fchown(fd, owner.st_uid, owner.st_gid)
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -381,10 +387,22 @@ def finalize(area: str, snapshot: str, update_current: bool = True) -> FinalizeP
 def _remove_tree(path: str) -> None:
     """Remove a directory tree without following any symlink inside it.
 
-    shutil.rmtree works on directory file descriptors where the platform
-    allows it, so a symlink planted in a snapshot is unlinked, never
-    followed. A directory the laptop made read-only is opened up first.
+    rm -rf unlinks symlinks and never follows them; --one-file-system keeps it
+    on the backup drive. It is the fastest way (pruning should cost no more
+    than deleting the directory by hand). If it cannot (a directory the laptop
+    made read-only, for the laptop's own account), shutil.rmtree finishes on
+    directory file descriptors, opening such directories up first.
     """
+    rm = shutil.which("rm")
+    if rm is not None:
+        subprocess.run(
+            [rm, "-rf", "--one-file-system", "--", path],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
+        if not os.path.lexists(path):
+            return
 
     def _open_up_and_retry(func, failed_path, _exc_info):
         parent = os.path.dirname(failed_path)
@@ -495,7 +513,9 @@ def changed_versions(
 def locate(area: str, relpath: str, at: datetime | None = None) -> Snapshot:
     """The newest finished snapshot (taken at or before ``at``) holding ``relpath``."""
     split_relpath(relpath)
-    candidates = [snap for snap, _ in find_versions(area, relpath) if at is None or snap.time <= at]
+    candidates = [
+        found for found, _stat in find_versions(area, relpath) if at is None or found.time <= at
+    ]
     if not candidates:
         when = "" if at is None else " at or before %s" % at.isoformat()
         raise SnapshotNotFoundError("%s is in no snapshot%s" % (relpath, when))

@@ -12,11 +12,22 @@ description:
   - Lists the finished and the incomplete snapshots in one client's area under O(root), and
     the snapshot C(current) names.
   - Reads only; it never changes anything and takes no lock.
+  - With O(disk_usage), also tells the disk each finished snapshot alone holds, which is what
+    removing it would free.
 version_added: 1.0.0
 author: linkdest.backup contributors (@linkdest)
 extends_documentation_fragment:
   - linkdest.backup.snapshot
   - ansible.builtin.action_common_attributes
+options:
+  disk_usage:
+    description:
+      - Also return RV(snapshots[].added_bytes) and RV(snapshots[].added_inodes) for each
+        finished snapshot.
+      - Walks every file of every finished snapshot of the area (without following symlinks),
+        so it takes time on a large area.
+    type: bool
+    default: false
 attributes:
   check_mode:
     support: full
@@ -46,6 +57,12 @@ EXAMPLES = r"""
 - name: Show the newest finished snapshot
   ansible.builtin.debug:
     msg: "{{ laptop_a_snapshots.snapshots | map(attribute='name') | last | default('none') }}"
+
+- name: Read what each snapshot of laptop-a adds on disk
+  linkdest.backup.snapshot_info:
+    client: laptop-a
+    disk_usage: true
+  register: laptop_a_usage
 """
 
 RETURN = r"""
@@ -67,6 +84,20 @@ snapshots:
       description: Whether C(current) names this snapshot.
       type: bool
       sample: true
+    added_bytes:
+      description:
+        - Disk space (allocated blocks) of the files and directories only this snapshot holds,
+          that is whose every hard link is inside it; what removing it alone would free.
+        - Files unchanged since another snapshot are hard links shared with it and do not count.
+      type: int
+      returned: when O(disk_usage=true)
+      sample: 5767168
+    added_inodes:
+      description:
+        - How many inodes only this snapshot holds, counted as for RV(snapshots[].added_bytes).
+      type: int
+      returned: when O(disk_usage=true)
+      sample: 1204
 incomplete:
   description: The incomplete snapshots (transfers running or kept after a failure), oldest first.
   returned: success
@@ -87,6 +118,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.linkdest.backup.plugins.module_utils.retention import added_usage
 from ansible_collections.linkdest.backup.plugins.module_utils.snapshots import (
     SnapshotError,
     list_incomplete,
@@ -111,6 +143,7 @@ def main():
         argument_spec=dict(
             root=dict(type="path", default="/media/backup_drive"),
             client=dict(type="str", required=True),
+            disk_usage=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -119,14 +152,18 @@ def main():
         current = read_current(area)
         finished = list_snapshots(area)
         incomplete = list_incomplete(area)
+        added = added_usage(area, [s.name for s in finished]) if module.params["disk_usage"] else {}
     except (SnapshotError, OSError) as exc:
         module.fail_json(msg="cannot read snapshots of %s: %s" % (area, exc))
+    snapshots = []
+    for snap in finished:
+        item = dict(name=snap.name, time=snap.time.isoformat(), current=snap.name == current)
+        if snap.name in added:
+            item["added_bytes"], item["added_inodes"] = added[snap.name]
+        snapshots.append(item)
     module.exit_json(
         changed=False,
-        snapshots=[
-            dict(name=snap.name, time=snap.time.isoformat(), current=snap.name == current)
-            for snap in finished
-        ],
+        snapshots=snapshots,
         incomplete=[snap.name for snap in incomplete],
         current=current,
     )

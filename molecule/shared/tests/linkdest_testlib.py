@@ -5,6 +5,7 @@ linkdest as the laptop user, and reading snapshots on the server."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shlex
@@ -138,3 +139,137 @@ for base, dirs, files in os.walk(top):
 print(json.dumps(out))
 """ % ("%s/%s/%s" % (ROOT, client, snapshot))
     return server_py(server, code)
+
+
+def run_module(host_name: str, module: str, args: dict, check: bool = False) -> dict:
+    """Run one module on a scenario host with the `ansible` CLI and the
+    scenario's inventory (as a user would ad hoc); return its result."""
+    command = ["ansible", "-i", os.environ["MOLECULE_INVENTORY_FILE"], host_name]
+    command += ["-m", module, "-a", json.dumps(args)] + (["--check"] if check else [])
+    env = dict(
+        os.environ,
+        ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json",
+        ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+    )
+    done = subprocess.run(
+        command, capture_output=True, text=True, env=env, check=False, timeout=300
+    )
+    assert done.stdout.strip(), done.stderr
+    return json.loads(done.stdout)["plays"][0]["tasks"][0]["hosts"][host_name]
+
+
+# --- the security scenario's helpers ---------------------------------------------
+
+SSH_CONFIG = "/etc/linkdest/ssh_config"
+# rsync's remote shell through the laptop's own ssh configuration and key.
+RSYNC_SSH = "-e %s" % shlex.quote("ssh -F " + SSH_CONFIG)
+
+
+def fingerprint(server) -> dict:
+    """The state of the backup drive that no refused attempt may change.
+
+    For every laptop's area: the names at its top (finished and incomplete
+    snapshots, the lock, the journal), the target of ``current``, the owner
+    and mode of the area, the content of the area's own files, and for every
+    path in every finished snapshot its content hash, inode, link count, mode,
+    owner, mtime and the mode rsync --fake-super recorded. Nothing is
+    followed: symlinks are read, never opened.
+    """
+    code = r"""
+import hashlib, json, os, stat
+root = %r
+
+def digest(path):
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+def record(path):
+    st = os.lstat(path)
+    try:
+        fake = os.getxattr(path, "user.rsync.%%stat", follow_symlinks=False).decode()
+    except OSError:
+        fake = None
+    if stat.S_ISREG(st.st_mode):
+        content = digest(path)
+    elif stat.S_ISLNK(st.st_mode):
+        content = "-> " + os.readlink(path)
+    else:
+        content = None
+    return [st.st_ino, st.st_nlink, "%%o" %% st.st_mode, st.st_uid, st.st_gid,
+            st.st_mtime_ns, content, fake]
+
+out = {"root": record(root)[2:5], "names": sorted(os.listdir(root)), "areas": {}}
+for client in out["names"]:
+    area = os.path.join(root, client)
+    if not stat.S_ISDIR(os.lstat(area).st_mode):
+        continue
+    names = sorted(os.listdir(area))
+    link = os.path.join(area, "current")
+    tops, files = {}, {}
+    for name in names:
+        path = os.path.join(area, name)
+        if name.startswith("back-") and stat.S_ISDIR(os.lstat(path).st_mode):
+            for base, dirs, leaves in os.walk(path):
+                for one in [base] + [os.path.join(base, n) for n in dirs + leaves]:
+                    files[os.path.relpath(one, area)] = record(one)
+        elif not name.startswith("incomplete_back-"):
+            tops[name] = record(path)
+    out["areas"][client] = {
+        "area": record(area)[2:5],
+        "names": names,
+        "current": os.readlink(link) if os.path.islink(link) else None,
+        "top": tops,
+        "files": files,
+    }
+print(json.dumps(out))
+""" % ROOT
+    return server_py(server, code)
+
+
+def fingerprint_diff(before: dict, after: dict, limit: int = 15) -> list[str]:
+    """What differs between two fingerprints, one line per difference."""
+    lines = []
+    if before["root"] != after["root"] or before["names"] != after["names"]:
+        lines.append("%s: %s -> %s" % (ROOT, before["names"], after["names"]))
+    for client in sorted(set(before["areas"]) | set(after["areas"])):
+        old = before["areas"].get(client, {})
+        new = after["areas"].get(client, {})
+        for key in ("area", "names", "current", "top"):
+            if old.get(key) != new.get(key):
+                lines.append("%s %s: %s -> %s" % (client, key, old.get(key), new.get(key)))
+        old_files, new_files = old.get("files", {}), new.get("files", {})
+        for path in sorted(set(old_files) | set(new_files)):
+            if old_files.get(path) != new_files.get(path):
+                lines.append(
+                    "%s/%s: %s -> %s" % (client, path, old_files.get(path), new_files.get(path))
+                )
+    return lines[:limit] + (["... %d more" % (len(lines) - limit)] if len(lines) > limit else [])
+
+
+def put_file(host, path: str, content: str, mode: str = "0644", owner: str = "root") -> None:
+    """Write ``content`` to ``path`` exactly (as root), then set its owner and mode."""
+    encoded = base64.b64encode(content.encode()).decode()
+    result = host.run(
+        "printf %%s %s | base64 -d > %s && chown %s %s && chmod %s %s"
+        % (encoded, shlex.quote(path), owner, shlex.quote(path), mode, shlex.quote(path))
+    )
+    assert result.rc == 0, result.stderr
+
+
+def journal_cursor(host) -> str:
+    """A position in the host's journal, for journal_since()."""
+    result = host.run("journalctl -n 0 --show-cursor -q")
+    assert result.rc == 0, result.stderr
+    return result.stdout.strip().split("cursor: ", 1)[1]
+
+
+def journal_since(host, cursor: str, identifier: str = "") -> str:
+    """The journal's messages after ``cursor`` (of one syslog identifier, if given)."""
+    command = "journalctl -q -o cat --no-pager --after-cursor=%s" % shlex.quote(cursor)
+    if identifier:
+        command += " -t %s" % shlex.quote(identifier)
+    return host.run(command).stdout

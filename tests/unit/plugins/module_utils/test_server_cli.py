@@ -312,3 +312,383 @@ def test_an_interrupted_transfer_is_resumed_not_sent_again(server, monkeypatch, 
     # The resumed run superseded the interrupted one, which is gone now.
     assert incomplete(server.area) == []
     assert finished(server.area) == [name]
+
+
+# --- the snapshot lifecycle: prune, space guard, adoption -------------------------
+
+DAY_OLD = "2026-01-10T08_00_00"  # two snapshots of one day, long ago:
+DAY_OLD_LATER = "2026-01-10T09_00_00"  # thinning keeps the first only
+WEEK_OLD = "2026-01-03T08_00_00"
+
+
+def configure(server: Server, **settings) -> None:
+    data = json.loads(server.config.read_text())
+    data.update(settings)
+    server.config.write_text(json.dumps(data))
+
+
+def make_old_snapshots(area: Path, *stamps: str) -> None:
+    for stamp in stamps:
+        (area / ("back-" + stamp)).mkdir()
+        (area / ("back-" + stamp) / "file").write_text(stamp)
+
+
+def journal(area: Path) -> list[dict]:
+    path = area / server_cli.JOURNAL
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+class FakeDrive:
+    """statvfs of a 100 MiB drive with ``free`` MiB and ``free_inodes`` free."""
+
+    def __init__(self, free: int = 50, free_inodes: int = 500):
+        self.free = free
+        self.free_inodes = free_inodes
+
+    def __call__(self, _path):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(
+            f_frsize=1024 * 1024,
+            f_blocks=100,
+            f_bavail=self.free,
+            f_files=1000,
+            f_favail=self.free_inodes,
+        )
+
+
+@pytest.fixture
+def drive(monkeypatch):
+    fake = FakeDrive()
+    monkeypatch.setattr(server_cli, "STATVFS", fake)
+    return fake
+
+
+def test_finalize_prunes_the_area_and_journals_why(server, monkeypatch, capsys, drive):
+    make_old_snapshots(server.area, WEEK_OLD, DAY_OLD, DAY_OLD_LATER)
+    configure(server, retention={"min_keep": 1, "daily_days": 0})
+    (server.src / "file").write_text("new")
+    assert server.backup().returncode == 0
+
+    assert server.gate(monkeypatch, "finalize 0") == 0
+
+    out = capsys.readouterr()
+    name = out.out.strip()
+    assert out.out == name + "\n"  # the laptop reads the snapshot's name from stdout
+    assert finished(server.area) == ["back-" + WEEK_OLD, "back-" + DAY_OLD, name]
+    assert "pruned 1 snapshot(s): back-%s" % DAY_OLD_LATER in out.err
+    pruned = {e["pruned"]: e["rule"] for e in journal(server.area) if "pruned" in e}
+    assert pruned == {
+        "back-" + DAY_OLD_LATER: "thinned (weekly 2026-W02 kept by back-%s)" % DAY_OLD,
+    }
+
+
+def test_a_failed_backup_prunes_nothing(server, monkeypatch, capsys, drive):
+    make_old_snapshots(server.area, DAY_OLD, DAY_OLD_LATER)
+    configure(server, retention={"min_keep": 1})
+    (server.src / "file").write_text("new")
+    assert server.backup().returncode == 0
+    assert server.gate(monkeypatch, "finalize 12") == server_cli.EXIT_NOT_FINALIZED
+    assert finished(server.area) == ["back-" + DAY_OLD, "back-" + DAY_OLD_LATER]
+    assert "pruned" not in capsys.readouterr().err
+
+
+def test_finalize_space_guard_removes_the_oldest_and_warns_at_min_keep(
+    server, monkeypatch, capsys, drive
+):
+    make_old_snapshots(server.area, WEEK_OLD, DAY_OLD)
+    configure(server, retention={"min_keep": 2})
+    drive.free = 5  # 5% free: below the default 10%, above the 2% floor
+    (server.src / "file").write_text("new")
+    assert server.backup().returncode == 0
+
+    assert server.gate(monkeypatch, "finalize 0") == 0
+
+    out = capsys.readouterr()
+    name = out.out.strip()
+    # The fake drive never gets room: the guard stops at min_keep and says so.
+    assert finished(server.area) == ["back-" + DAY_OLD, name]
+    entries = [e for e in journal(server.area) if "pruned" in e]
+    assert [e["pruned"] for e in entries] == ["back-" + WEEK_OLD]
+    assert entries[0]["rule"].startswith("space guard (5.0 MiB free (5.0%) is below 10%")
+    assert "warning: backup drive still short of room after pruning down to min_keep" in out.err
+
+
+def test_a_prune_failure_never_undoes_the_finalize(server, monkeypatch, capsys, drive):
+    make_old_snapshots(server.area, DAY_OLD, DAY_OLD_LATER)
+    configure(server, retention={"min_keep": 1})
+
+    def broken(*_args, **_kwargs):
+        raise OSError(5, "Input/output error")
+
+    (server.src / "file").write_text("new")
+    assert server.backup().returncode == 0
+    monkeypatch.setattr(snap, "delete_snapshot", broken)
+    assert server.gate(monkeypatch, "finalize 0") == 0
+    out = capsys.readouterr()
+    assert out.out.strip() in finished(server.area)
+    assert "warning: prune after finalize failed" in out.err
+
+
+@pytest.mark.parametrize(
+    ("free", "free_inodes", "message"),
+    [
+        (1, 500, "1.0 MiB free (1.0%) is below 2%"),
+        (50, 5, "5 inodes free (0.5%) is below 1%"),
+    ],
+    ids=["bytes", "inodes"],
+)
+def test_receive_is_refused_below_the_hard_floor(
+    server, monkeypatch, capsys, drive, free, free_inodes, message
+):
+    make_old_snapshots(server.area, DAY_OLD)
+    drive.free, drive.free_inodes = free, free_inodes
+    before = server.tree()
+
+    code = server.gate(monkeypatch, LAPTOP_ARGV)
+
+    assert code == server_cli.EXIT_NO_SPACE
+    err = capsys.readouterr().err
+    assert err.startswith("linkdest-server: refused: backup drive %s is nearly full" % server.root)
+    assert message in err
+    assert server.tree() == before  # no incomplete snapshot, not even the lock file
+
+
+def test_refusal_over_the_wire_reaches_the_laptops_rsync(server, tmp_path):
+    # A config floor above what any real drive has free: the gate refuses.
+    configure(
+        server,
+        space_guard={"min_free_percent": 100, "floor_free_percent": 100},
+    )
+    (server.src / "file").write_text("data")
+    before = server.tree()
+    result = server.backup()
+    assert result.returncode != 0
+    assert "linkdest-server: refused: backup drive" in result.stderr
+    assert "is nearly full" in result.stderr
+    assert server.tree() == before
+
+
+def test_bad_lifecycle_settings_fail_clearly(server, monkeypatch, capsys):
+    configure(server, retention={"min_keep": 0})
+    assert server.gate(monkeypatch, "list") == 1
+    assert "min_keep must be 1 or more" in capsys.readouterr().err
+
+
+def prune_cli(server: Server, *args: str) -> int:
+    return server_cli.main(["--config", str(server.config), "prune", *args])
+
+
+def test_prune_dry_run_explains_every_snapshot_and_changes_nothing(server, capsys, drive):
+    make_old_snapshots(server.area, WEEK_OLD, DAY_OLD, DAY_OLD_LATER, "2026-11-20T10_00_00")
+    (server.area / "current").symlink_to("back-" + DAY_OLD_LATER)
+    configure(server, retention={"min_keep": 1, "daily_days": 0})
+    before = server.tree()
+
+    assert prune_cli(server, "laptop", "--dry-run") == 0
+
+    assert server.tree() == before
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "laptop back-%s keep: weekly 2026-W01" % WEEK_OLD,
+        "laptop back-%s keep: weekly 2026-W02" % DAY_OLD,
+        "laptop back-%s keep: current" % DAY_OLD_LATER,
+        "laptop back-2026-11-20T10_00_00 keep: newest",
+        "laptop: 4 kept, 0 to remove (dry run, nothing changed)",
+        "drive: 50.0 MiB free (50.0%), 500 inodes free (50.0%) (estimated)",
+    ]
+
+
+def test_prune_removes_what_the_dry_run_said(server, capsys, drive):
+    make_old_snapshots(server.area, WEEK_OLD, DAY_OLD, DAY_OLD_LATER, "2026-11-20T10_00_00")
+    configure(server, retention={"min_keep": 1, "daily_days": 0, "weekly_weeks": 0})
+    assert prune_cli(server, "--all", "--dry-run") == 0
+    dry = capsys.readouterr().out.splitlines()
+    assert (
+        "laptop back-%s remove: thinned (weekly 2026-W02 kept by back-%s)"
+        % (
+            DAY_OLD_LATER,
+            DAY_OLD,
+        )
+        in dry
+    )
+
+    assert prune_cli(server, "--all") == 0
+    real = capsys.readouterr().out.splitlines()
+    assert real[:-2] == dry[:-2]
+    assert real[-2] == "laptop: 3 kept, 1 removed"
+    assert finished(server.area) == [
+        "back-" + WEEK_OLD,
+        "back-" + DAY_OLD,
+        "back-2026-11-20T10_00_00",
+    ]
+    # The lock file now exists, owned like the area, so the laptop can still lock it.
+    lock = server.area / snap.LOCK_FILE
+    assert lock.stat().st_uid == server.area.stat().st_uid
+
+    assert prune_cli(server, "laptop", "--quiet") == 0
+    assert capsys.readouterr() == ("", "")
+
+
+def test_prune_of_a_busy_area_waits_then_gives_up(server, monkeypatch, capsys, drive):
+    make_old_snapshots(server.area, DAY_OLD, DAY_OLD_LATER)
+    monkeypatch.setattr(server_cli, "PRUNE_LOCK_WAIT", 0)
+    with snap.area_lock(str(server.area)):
+        assert prune_cli(server, "laptop") == server_cli.EXIT_BUSY
+        assert prune_cli(server, "--all") == 0
+    out = capsys.readouterr()
+    assert "busy" in out.err
+    assert "laptop: busy (a backup is running), skipped" in out.out
+    assert len(finished(server.area)) == 2
+
+
+def test_prune_refuses_an_unknown_client(server, capsys):
+    assert prune_cli(server, "nobody") == 1
+    assert "unknown client" in capsys.readouterr().err
+
+
+def test_list_usage_shows_what_each_snapshot_alone_holds(server, capsys):
+    make_old_snapshots(server.area, DAY_OLD)
+    second = server.area / ("back-" + DAY_OLD_LATER)
+    second.mkdir()
+    os.link(server.area / ("back-" + DAY_OLD) / "file", second / "file")
+    (second / "big").write_bytes(os.urandom(64 * 1024))
+    assert server_cli.main(["--config", str(server.config), "list", "laptop", "--usage"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("back-%s adds " % DAY_OLD)
+    assert lines[0].endswith(" in 1 inodes")  # its directory; the file is shared
+    assert lines[1].endswith(" in 2 inodes")
+    assert server_cli.main(["--config", str(server.config), "list", "laptop"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["back-" + DAY_OLD, "back-" + DAY_OLD_LATER]
+
+
+# --- adoption of an article-made tree ---------------------------------------------------
+
+
+class Chowns:
+    """Stands in for chown (the tests need not run as root): records each call."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        real_chown = os.chown
+
+        def fchown(fd, uid, gid):
+            self.calls.append((os.readlink("/proc/self/fd/%d" % fd), uid, gid))
+
+        def chown(path, uid, gid, *, dir_fd=None, follow_symlinks=True):
+            assert follow_symlinks is False
+            assert dir_fd is not None
+            where = os.readlink("/proc/self/fd/%d" % dir_fd)
+            self.calls.append((os.path.join(where, path), uid, gid))
+
+        monkeypatch.setattr(os, "fchown", fchown)
+        monkeypatch.setattr(os, "chown", chown)
+        self.real_chown = real_chown
+
+
+def article_tree(area: Path, outside: Path) -> None:
+    """What the article's script leaves: local-time names, hard links between
+    snapshots, an absolute `current`, a leftover incomplete run."""
+    first = area / "back-2026-01-10T08_00_00"
+    (first / "docs").mkdir(parents=True)
+    (first / "docs" / "same.txt").write_text("unchanged")
+    (first / "docs" / "tool").write_text("#!/bin/sh\n")
+    (first / "docs" / "tool").chmod(0o4755)
+    (first / "escape").symlink_to(outside)
+    second = area / "back-2026-01-11T08_00_00"
+    (second / "docs").mkdir(parents=True)
+    os.link(first / "docs" / "same.txt", second / "docs" / "same.txt")
+    (area / "incomplete_back-2026-01-12T08_00_00").mkdir()
+    (area / "current").symlink_to(second)  # absolute, as `ln -s $TARGET/back-...` makes
+    (area / "notes.txt").write_text("not a snapshot: left alone")
+    (area / snap.LOCK_FILE).write_text("")  # say root made it: the account could not lock
+    (area / "back-2026-01-13T08_00_00").symlink_to(outside)  # not a snapshot either
+
+
+def test_adopt_hands_the_tree_over_by_descriptor_and_records_fake_super(
+    server, monkeypatch, capsys, tmp_path
+):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("never touched")
+    article_tree(server.area, outside)
+    me = os.stat(server.area)
+    fake_uid = me.st_uid + 4242
+    account = pwd.struct_passwd(("bk-laptop", "x", fake_uid, me.st_gid + 1, "", "/", "/bin/sh"))
+    monkeypatch.setattr(server_cli.pwd, "getpwnam", lambda name: account)
+    chowns = Chowns(monkeypatch)
+
+    assert server_cli.main(["--config", str(server.config), "adopt", "laptop"]) == 0
+
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "adopted %s (1 entries) to bk-laptop" % snap.LOCK_FILE,
+        "adopted back-2026-01-10T08_00_00 (5 entries) to bk-laptop",
+        "adopted back-2026-01-11T08_00_00 (3 entries) to bk-laptop",
+        "adopted current (1 entries) to bk-laptop",
+        "adopted incomplete_back-2026-01-12T08_00_00 (1 entries) to bk-laptop",
+    ]
+    touched = [path for path, uid, gid in chowns.calls]
+    assert all(uid == fake_uid and gid == me.st_gid + 1 for _p, uid, gid in chowns.calls)
+    assert all(path.startswith(str(server.area) + "/") for path in touched)
+    assert str(outside) not in " ".join(touched)
+    assert os.listxattr(outside / "secret") == []
+    # Bottom-up: a snapshot's own directory changes last.
+    first = str(server.area / "back-2026-01-10T08_00_00")
+    assert touched.index(first) > max(i for i, p in enumerate(touched) if p.startswith(first + "/"))
+    # The old owner and mode, as rsync --fake-super keeps them.
+    tool = server.area / "back-2026-01-10T08_00_00" / "docs" / "tool"
+    assert os.getxattr(tool, server_cli.FAKE_SUPER_XATTR) == b"104755 0,0 %d:%d" % (
+        me.st_uid,
+        me.st_gid,
+    )
+    assert os.getxattr(server.area / "back-2026-01-10T08_00_00", server_cli.FAKE_SUPER_XATTR) == (
+        b"40%o 0,0 %d:%d" % (me.st_mode & 0o7777, me.st_uid, me.st_gid)
+    )
+    # The symlinks changed owner themselves (lchown), never what they point to.
+    assert str(server.area / "back-2026-01-10T08_00_00" / "escape") in touched
+    assert str(server.area / "current") in touched
+    assert str(server.area / "notes.txt") not in touched
+    assert str(server.area / snap.LOCK_FILE) in touched
+
+
+def test_adopt_dry_run_and_an_adopted_area_change_nothing(server, monkeypatch, capsys, tmp_path):
+    article_tree(server.area, tmp_path)
+    me = os.stat(server.area)
+    account = pwd.struct_passwd(("bk-laptop", "x", me.st_uid + 1, me.st_gid, "", "/", "/bin/sh"))
+    monkeypatch.setattr(server_cli.pwd, "getpwnam", lambda name: account)
+    chowns = Chowns(monkeypatch)
+    before = server.tree()
+    assert server_cli.main(["--config", str(server.config), "adopt", "laptop", "--dry-run"]) == 0
+    assert "would adopt back-2026-01-10T08_00_00 (5 entries)" in capsys.readouterr().out
+    assert chowns.calls == []
+    assert server.tree() == before
+    # An area the account already owns: nothing to say, nothing done.
+    mine = pwd.struct_passwd(("bk-laptop", "x", me.st_uid, me.st_gid, "", "/", "/bin/sh"))
+    monkeypatch.setattr(server_cli.pwd, "getpwnam", lambda name: mine)
+    assert server_cli.main(["--config", str(server.config), "adopt", "laptop"]) == 0
+    assert capsys.readouterr().out == ""
+    assert chowns.calls == []
+
+
+def test_an_adopted_tree_is_linked_by_the_next_backup(server, monkeypatch, capsys, tmp_path):
+    article_tree(server.area, tmp_path)
+    same = server.area / "back-2026-01-11T08_00_00" / "docs" / "same.txt"
+    (server.src / "docs").mkdir()
+    (server.src / "docs" / "same.txt").write_text("unchanged")
+    os.utime(same, (1700000000, 1700000000))
+    os.utime(server.src / "docs" / "same.txt", (1700000000, 1700000000))
+    os.chmod(server.src / "docs" / "same.txt", same.stat().st_mode & 0o7777)
+    me = os.stat(server.area)
+    account = pwd.struct_passwd(("bk-laptop", "x", me.st_uid + 1, me.st_gid, "", "/", "/bin/sh"))
+    monkeypatch.setattr(server_cli.pwd, "getpwnam", lambda name: account)
+    Chowns(monkeypatch)
+    assert server_cli.main(["--config", str(server.config), "adopt", "laptop"]) == 0
+    monkeypatch.undo()
+    capsys.readouterr()
+
+    assert server.backup().returncode == 0
+    assert server.gate(monkeypatch, "finalize 0") == 0
+    name = capsys.readouterr().out.strip()
+    # Linked against the article's absolute `current`, through the recorded owner.
+    assert (server.area / name / "docs" / "same.txt").stat().st_ino == same.stat().st_ino

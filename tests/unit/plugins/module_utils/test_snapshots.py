@@ -787,7 +787,10 @@ def test_locate_finds_the_newest_snapshot_holding_a_path(tmp_path):
 def test_changed_versions_collapse_hard_linked_copies(tmp_path):
     area = str(_restore_area(tmp_path))
     versions = snap.changed_versions(snap.find_versions(area, "docs/a.txt"))
-    assert [s.name for s, _ in versions] == ["back-2026-01-01T00_00_00", "back-2026-01-03T00_00_00"]
+    assert [found.name for found, _stat in versions] == [
+        "back-2026-01-01T00_00_00",
+        "back-2026-01-03T00_00_00",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -811,3 +814,33 @@ def test_resolve_in_snapshot_allows_a_final_symlink(tmp_path):
     area = str(_restore_area(tmp_path))
     path = snap.resolve_in_snapshot(area, "back-2026-01-04T00_00_00", "escape")
     assert os.path.islink(path)
+
+
+# --- the lock file's owner --------------------------------------------------------
+
+
+def test_area_lock_hands_a_root_made_lock_file_to_the_area_owner(tmp_path):
+    """Root (daily prune, mirror) must not lock the laptop's account out of its area."""
+    if os.geteuid() != 0:
+        raise AssertionError("this test needs root, as make test runs it")
+    area = tmp_path / "area"
+    area.mkdir()
+    os.chown(area, 65534, 65534)
+    lock = area / snap.LOCK_FILE
+    lock.write_text("")  # made by root, owned by root
+    with snap.area_lock(str(area)):
+        pass
+    assert (lock.stat().st_uid, lock.stat().st_gid) == (65534, 65534)
+
+
+def test_area_lock_never_opens_a_planted_symlink(tmp_path):
+    area = tmp_path / "area"
+    area.mkdir()
+    target = tmp_path / "elsewhere"
+    (area / snap.LOCK_FILE).symlink_to(target)
+    with (
+        pytest.raises(OSError, match="Too many levels of symbolic links"),
+        snap.area_lock(str(area)),
+    ):
+        pass
+    assert not target.exists()

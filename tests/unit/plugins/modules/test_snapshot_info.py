@@ -111,3 +111,36 @@ def test_info_refuses_a_symlinked_area(run_module, area):
     failed, result = run_module(snapshot_info, {"root": str(area.parent), "client": "alias"})
     assert failed
     assert "not a directory" in result["msg"]
+
+
+def blocks(path):
+    return os.lstat(path).st_blocks * 512
+
+
+def test_disk_usage_counts_only_what_each_snapshot_alone_holds(run_module, tmp_path):
+    area = tmp_path / "laptop"
+    first, second = area / ("back-" + T1), area / ("back-" + T2)
+    first.mkdir(parents=True)
+    second.mkdir()
+    (first / "unchanged").write_bytes(os.urandom(16384))
+    os.link(first / "unchanged", second / "unchanged")
+    (second / "new").write_bytes(os.urandom(32768))
+    (second / "link").symlink_to("/etc/passwd")
+    (area / "current").symlink_to(second.name)
+    before = tree(area)
+
+    for check in (False, True):
+        failed, result = run_module(
+            snapshot_info, {"root": str(tmp_path), "client": "laptop", "disk_usage": True}, check
+        )
+        assert not failed, result
+        assert result["changed"] is False
+        by_name = {s["name"]: s for s in result["snapshots"]}
+        assert by_name[first.name]["added_bytes"] == blocks(first)
+        assert by_name[first.name]["added_inodes"] == 1
+        assert by_name[second.name]["added_bytes"] == (
+            blocks(second) + blocks(second / "new") + blocks(second / "link")
+        )
+        assert by_name[second.name]["added_inodes"] == 3
+        assert by_name[second.name]["current"] is True
+    assert tree(area) == before

@@ -23,7 +23,7 @@ import syslog
 from datetime import datetime, timezone
 
 from ansible_collections.linkdest.backup.plugins.module_utils import gate as gate_lib
-from ansible_collections.linkdest.backup.plugins.module_utils import retention
+from ansible_collections.linkdest.backup.plugins.module_utils import health, retention
 from ansible_collections.linkdest.backup.plugins.module_utils import snapshots as snap
 
 CONFIG_PATH = "/etc/linkdest/server.json"
@@ -56,6 +56,13 @@ class Config:
         self.space_guard = retention.SpaceGuard.from_mapping(data.get("space_guard"))
         # client name -> the system account that client's key logs in as
         self.clients = data.get("clients", {})
+        # The server's own check (linkdest-server check).
+        check = data.get("check", {})
+        self.stale_after_hours = float(check.get("stale_after_hours", 24))
+        self.mirror_stale_after_hours = float(check.get("mirror_stale_after_hours", 36))
+        self.alert_command = check.get("alert_command", "")
+        self.alert_email = check.get("alert_email", "")
+        self.metrics_dir = check.get("metrics_dir", "")
 
     @classmethod
     def load(cls, path: str = CONFIG_PATH) -> Config:
@@ -551,6 +558,67 @@ def cmd_adopt(config: Config, client: str, dry_run: bool = False) -> int:
     return 0
 
 
+MIRROR_CONFIG = "/etc/linkdest/mirror.json"
+MIRROR_LAST_SUCCESS = "/var/lib/linkdest-mirror/last-success"
+
+
+def _mirror_last_success() -> datetime | None:
+    try:
+        with open(MIRROR_LAST_SUCCESS, encoding="utf-8") as handle:
+            return datetime.fromisoformat(handle.read().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def run_alert(config: Config, event: str, message: str) -> None:
+    """The server's alerts: a command (event and message as $1 and $2) and mail."""
+    if config.alert_command:
+        env = dict(os.environ, LINKDEST_EVENT=event, LINKDEST_MESSAGE=message)
+        command = ["/bin/sh", "-c", config.alert_command, "linkdest-alert", event, message]
+        if subprocess.call(command, env=env) != 0:
+            _log("-", "the alert command failed", syslog.LOG_ERR)
+    if config.alert_email:
+        if not os.access("/usr/sbin/sendmail", os.X_OK):
+            _log("-", "no local MTA (/usr/sbin/sendmail): alert mail not sent", syslog.LOG_WARNING)
+            return
+        mail = "To: %s\nSubject: linkdest server %s: %s\n\n%s\n" % (
+            config.alert_email,
+            os.uname().nodename,
+            event,
+            message,
+        )
+        subprocess.run(["/usr/sbin/sendmail", "-t"], input=mail, text=True, check=False)
+
+
+def cmd_check(config: Config, quiet: bool = False) -> int:
+    """What the laptops cannot report: stale laptops, a stale mirror, a full drive."""
+    areas = [health.area_facts(config.root, client) for client in sorted(config.clients)]
+    drive = health.drive_facts(config.root)
+    mirror_last = _mirror_last_success()
+    report = health.check(
+        areas,
+        drive,
+        now=datetime.now(timezone.utc),
+        stale_after_hours=config.stale_after_hours,
+        mirror_last_success=mirror_last,
+        mirror_expected=os.path.exists(MIRROR_CONFIG),
+        mirror_stale_after_hours=config.mirror_stale_after_hours,
+        min_free_percent=config.space_guard.min_free_percent,
+    )
+    if config.metrics_dir:
+        path = os.path.join(config.metrics_dir, "linkdest.prom")
+        health.write_atomically(path, health.metrics_text(areas, drive, mirror_last))
+    for finding in report.findings:
+        _log("-", "check: " + finding, syslog.LOG_WARNING)
+        sys.stdout.write("linkdest-server check: %s\n" % finding)
+    if not report.ok:
+        run_alert(config, "stale", "; ".join(report.findings))
+        return 1
+    if not quiet:
+        sys.stdout.write("linkdest-server check: ok (%d laptops)\n" % len(areas))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="linkdest-server", description="linkdest.backup server command"
@@ -587,6 +655,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     adopt.add_argument("client")
     adopt.add_argument("--dry-run", action="store_true", help="say what would change")
+    check = sub.add_parser(
+        "check", help="alert on stale laptops, a stale mirror or a full drive; write metrics"
+    )
+    check.add_argument("--quiet", action="store_true", help="print nothing when all is well")
+    check.add_argument(
+        "--stale-after-hours",
+        type=float,
+        help="this run's threshold instead of the configured one",
+    )
     return parser
 
 
@@ -611,6 +688,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.command == "adopt":
             return cmd_adopt(config, args.client, dry_run=args.dry_run)
+        if args.command == "check":
+            if args.stale_after_hours is not None:
+                config.stale_after_hours = args.stale_after_hours
+            return cmd_check(config, quiet=args.quiet)
         return _print_list(config.area(args.client), usage=args.usage)
     except (snap.SnapshotError, gate_lib.GateRefused, OSError) as exc:
         sys.stderr.write("linkdest-server: %s\n" % exc)

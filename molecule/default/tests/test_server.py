@@ -2,6 +2,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """backup_server: key-only sshd, one locked-down account and area per laptop."""
 
+import time
+
 import linkdest_testlib as lib
 
 testinfra_hosts = ["backup-server"]
@@ -53,3 +55,31 @@ def test_linkdest_server_finalize_is_idempotent_on_a_finished_snapshot(host, lap
     result = host.run("/usr/local/sbin/linkdest-server finalize laptop-a %s" % name)
     assert result.rc == 0
     assert result.stdout.strip() == name + " already final"
+
+
+def test_the_server_check_passes_when_all_is_fresh(host):
+    result = host.run("/usr/local/sbin/linkdest-server check")
+    assert result.rc == 0, result.stdout
+    assert "ok (2 laptops)" in result.stdout
+    metrics = host.file("/var/lib/node_exporter/textfile/linkdest.prom").content_string
+    assert 'linkdest_snapshots{client="laptop-a"}' in metrics
+    assert 'linkdest_last_success_timestamp_seconds{client="laptop-b"}' in metrics
+    assert "linkdest_drive_free_bytes " in metrics
+
+
+def test_the_server_check_alerts_on_a_stale_laptop(host):
+    host.run("rm -f /tmp/linkdest-server-alerts")
+    # A threshold of about a second makes every laptop stale.
+    time.sleep(2)
+    result = host.run("/usr/local/sbin/linkdest-server check --stale-after-hours 0.0003")
+    assert result.rc == 1
+    assert "laptop-a: newest snapshot is" in result.stdout
+    alerts = host.file("/tmp/linkdest-server-alerts").content_string
+    assert alerts.startswith("stale|")
+    assert "laptop-b: newest snapshot is" in alerts
+
+
+def test_cron_runs_the_prune_and_the_check(host):
+    cron = host.file("/etc/cron.d/linkdest-server").content_string
+    assert "30 3 * * * root /usr/local/sbin/linkdest-server prune --all --quiet" in cron
+    assert "0 8 * * * root /usr/local/sbin/linkdest-server check --quiet" in cron

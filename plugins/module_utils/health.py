@@ -1,0 +1,167 @@
+# Copyright (c) 2026 linkdest.backup contributors
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The server's own check: what a laptop cannot report about itself.
+
+A laptop that is off, a dead cron job or a revoked key all look the same from
+the server: no new snapshot. ``check()`` turns the areas, the drive's free
+room and the mirror's last success into findings; ``metrics_text()`` renders
+the same facts as Prometheus text for node_exporter's textfile collector.
+Pure functions over their inputs, so the tests need no clock and no drive.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from ansible_collections.linkdest.backup.plugins.module_utils import snapshots as snap
+
+
+@dataclass(frozen=True)
+class AreaFacts:
+    client: str
+    newest: datetime | None
+    count: int
+
+
+@dataclass(frozen=True)
+class DriveFacts:
+    size_bytes: int
+    free_bytes: int
+    files: int
+    free_files: int
+
+    @property
+    def free_percent(self) -> float:
+        return 100.0 * self.free_bytes / self.size_bytes if self.size_bytes else 0.0
+
+    @property
+    def free_inodes_percent(self) -> float:
+        return 100.0 * self.free_files / self.files if self.files else 100.0
+
+
+@dataclass
+class Report:
+    findings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+
+def area_facts(root: str, client: str) -> AreaFacts:
+    area = os.path.join(root, client)
+    try:
+        finished = snap.list_snapshots(area)
+    except snap.LayoutError:
+        finished = []
+    return AreaFacts(
+        client=client, newest=finished[-1].time if finished else None, count=len(finished)
+    )
+
+
+def drive_facts(root: str) -> DriveFacts:
+    st = os.statvfs(root)
+    return DriveFacts(
+        size_bytes=st.f_blocks * st.f_frsize,
+        free_bytes=st.f_bavail * st.f_frsize,
+        files=st.f_files,
+        free_files=st.f_favail,
+    )
+
+
+def check(
+    areas: list[AreaFacts],
+    drive: DriveFacts,
+    now: datetime,
+    stale_after_hours: float,
+    mirror_last_success: datetime | None,
+    mirror_expected: bool,
+    mirror_stale_after_hours: float,
+    min_free_percent: float,
+) -> Report:
+    """Everything that needs a person's attention, as sentences."""
+    report = Report()
+    for area in areas:
+        if area.newest is None:
+            report.findings.append("%s has no finished snapshot" % area.client)
+            continue
+        hours = (now - area.newest).total_seconds() / 3600
+        if hours > stale_after_hours:
+            report.findings.append(
+                "%s: newest snapshot is %.1f hours old (more than %g)"
+                % (area.client, hours, stale_after_hours)
+            )
+    if mirror_expected:
+        if mirror_last_success is None:
+            report.findings.append("the drive mirror has never succeeded")
+        else:
+            hours = (now - mirror_last_success).total_seconds() / 3600
+            if hours > mirror_stale_after_hours:
+                report.findings.append(
+                    "the drive mirror last succeeded %.1f hours ago (more than %g)"
+                    % (hours, mirror_stale_after_hours)
+                )
+    if drive.free_percent < min_free_percent or drive.free_inodes_percent < min_free_percent:
+        report.findings.append(
+            "the backup drive is nearly full: %.1f%% of its space and %.1f%% of its inodes"
+            " free (want %g%%)" % (drive.free_percent, drive.free_inodes_percent, min_free_percent)
+        )
+    return report
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def metrics_text(
+    areas: list[AreaFacts], drive: DriveFacts, mirror_last_success: datetime | None
+) -> str:
+    """Prometheus text exposition of the check's facts."""
+    lines = [
+        "# HELP linkdest_last_success_timestamp_seconds Time of the newest finished snapshot.",
+        "# TYPE linkdest_last_success_timestamp_seconds gauge",
+    ]
+    for area in areas:
+        if area.newest is not None:
+            lines.append(
+                'linkdest_last_success_timestamp_seconds{client="%s"} %d'
+                % (_escape(area.client), area.newest.timestamp())
+            )
+    lines += [
+        "# HELP linkdest_snapshots Finished snapshots kept.",
+        "# TYPE linkdest_snapshots gauge",
+    ]
+    lines += ['linkdest_snapshots{client="%s"} %d' % (_escape(a.client), a.count) for a in areas]
+    lines += [
+        "# HELP linkdest_drive_size_bytes Size of the backup drive.",
+        "# TYPE linkdest_drive_size_bytes gauge",
+        "linkdest_drive_size_bytes %d" % drive.size_bytes,
+        "# HELP linkdest_drive_used_bytes Bytes used on the backup drive.",
+        "# TYPE linkdest_drive_used_bytes gauge",
+        "linkdest_drive_used_bytes %d" % (drive.size_bytes - drive.free_bytes),
+        "# HELP linkdest_drive_free_bytes Bytes free on the backup drive.",
+        "# TYPE linkdest_drive_free_bytes gauge",
+        "linkdest_drive_free_bytes %d" % drive.free_bytes,
+        "# HELP linkdest_drive_free_inodes Inodes free on the backup drive.",
+        "# TYPE linkdest_drive_free_inodes gauge",
+        "linkdest_drive_free_inodes %d" % drive.free_files,
+    ]
+    if mirror_last_success is not None:
+        lines += [
+            "# HELP linkdest_mirror_last_success_timestamp_seconds"
+            " Time of the drive mirror's last success.",
+            "# TYPE linkdest_mirror_last_success_timestamp_seconds gauge",
+            "linkdest_mirror_last_success_timestamp_seconds %d" % mirror_last_success.timestamp(),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_atomically(path: str, text: str) -> None:
+    """node_exporter must never read a half-written file: write, then rename."""
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)

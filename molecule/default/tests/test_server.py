@@ -2,9 +2,14 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """backup_server: key-only sshd, one locked-down account and area per laptop."""
 
+import os
+import pathlib
+import subprocess
 import time
 
 import linkdest_testlib as lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 
 testinfra_hosts = ["backup-server"]
 
@@ -83,3 +88,61 @@ def test_cron_runs_the_prune_and_the_check(host):
     cron = host.file("/etc/cron.d/linkdest-server").content_string
     assert "30 3 * * * root /usr/local/sbin/linkdest-server prune --all --quiet" in cron
     assert "0 8 * * * root /usr/local/sbin/linkdest-server check --quiet" in cron
+
+
+def test_sshd_is_hardened_beyond_key_only(host):
+    effective = host.run(
+        "/usr/sbin/sshd -T -C user=nobody,host=x,addr=127.0.0.1"
+    ).stdout.splitlines()
+    for line in (
+        "disableforwarding yes",
+        "allowtcpforwarding no",
+        "permittunnel no",
+        "permituserenvironment no",
+        "x11forwarding no",
+        "maxauthtries 3",
+        "clientaliveinterval 30",
+        "clientalivecountmax 4",
+        "loglevel VERBOSE",
+        "port 22",
+    ):
+        assert line in effective, line
+    kex = [line for line in effective if line.startswith("kexalgorithms ")][0]
+    assert "diffie-hellman-group1-sha1" not in kex
+    assert "curve25519-sha256" in kex
+
+
+def test_a_laptop_key_can_be_limited_to_source_networks(host, laptop_b):
+    keys = host.file("/etc/linkdest/authorized_keys/bk-laptop-b").content_string
+    assert 'from="10.0.0.0/8,172.16.0.0/12,192.168.0.0/16",restrict,command=' in keys
+    lib.write_file(laptop_b, "from.txt", "allowed network\n")
+    lib.backup_ok(laptop_b)
+
+
+def test_a_planted_drop_in_that_turns_passwords_on_fails_the_run(host):
+    """sshd keeps the first value it reads; a drop-in sorting before ours wins, and
+    the role must notice in the effective settings rather than trust its own file."""
+    # "00-a" sorts before our "00-linkdest" (sshd reads drop-ins in glob order).
+    evil = "/etc/ssh/sshd_config.d/00-a-planted.conf"
+    host.run("printf 'PasswordAuthentication yes\\n' > %s" % evil)
+    try:
+        result = subprocess.run(
+            [
+                "ansible-playbook",
+                "-i",
+                os.environ["MOLECULE_INVENTORY_FILE"],
+                "site.yml",
+                "--limit",
+                "backup-server",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+        )
+    finally:
+        host.run("rm -f %s" % evil)
+    assert result.returncode != 0
+    assert "passwordauthentication no" in result.stdout + result.stderr
+    assert "another file sets them first" in result.stdout + result.stderr

@@ -23,3 +23,8 @@ def laptop_a():
 @pytest.fixture(scope="module")
 def laptop_b():
     return lib.get_host("laptop-b")
+
+
+@pytest.fixture(scope="module")
+def laptop_k():
+    return lib.get_host("laptop-k")

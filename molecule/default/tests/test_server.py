@@ -65,7 +65,7 @@ def test_linkdest_server_finalize_is_idempotent_on_a_finished_snapshot(host, lap
 def test_the_server_check_passes_when_all_is_fresh(host):
     result = host.run("/usr/local/sbin/linkdest-server check")
     assert result.rc == 0, result.stdout
-    assert "ok (2 laptops)" in result.stdout
+    assert "ok (3 laptops)" in result.stdout
     metrics = host.file("/var/lib/node_exporter/textfile/linkdest.prom").content_string
     assert 'linkdest_snapshots{client="laptop-a"}' in metrics
     assert 'linkdest_last_success_timestamp_seconds{client="laptop-b"}' in metrics

@@ -11,7 +11,7 @@ BIN := $(abspath $(VENV))/bin
 COLLECTIONS := collections
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(abspath $(COLLECTIONS))
-SCENARIOS ?= default lifecycle
+SCENARIOS ?= default lifecycle mirror
 
 .PHONY: help host venv images lint unit bad-input sanity build-check molecule test demo demo-clean bench clean
 
@@ -40,7 +40,7 @@ lint: venv host
 	$(BIN)/ansible-lint
 	$(BIN)/ruff check plugins tests molecule bench
 	$(BIN)/ruff format --check plugins tests molecule bench
-	shellcheck scripts/* images/build .ci/run bench/*.sh
+	shellcheck scripts/ensure-host scripts/demo scripts/sanity scripts/build-check scripts/molecule-all images/build .ci/run bench/*.sh
 
 unit: venv
 	$(BIN)/pytest -q tests/unit
@@ -69,6 +69,7 @@ demo-clean: venv
 
 bench: venv images
 	bench/run.sh
+	bench/mirror_bench.sh
 
 clean: demo-clean
 	rm -rf $(VENV) .ansible .cache tests/output

@@ -175,7 +175,8 @@ def fingerprint(server) -> dict:
     owner, mtime and the mode rsync --fake-super recorded. Nothing is
     followed: symlinks are read, never opened.
     """
-    code = r"""
+    code = (
+        r"""
 import hashlib, json, os, stat
 root = %r
 
@@ -226,27 +227,47 @@ for client in out["names"]:
         "files": files,
     }
 print(json.dumps(out))
-""" % ROOT
+"""
+        % ROOT
+    )
     return server_py(server, code)
 
 
+FINGERPRINT_FIELDS = ("inode", "links", "mode", "uid", "gid", "mtime_ns", "content", "fake-super")
+
+
+def _record_diff(old, new) -> str:
+    if old is None or new is None:
+        return "appeared" if old is None else "disappeared"
+    return ", ".join(
+        "%s %s -> %s" % (field, a, b)
+        for field, a, b in zip(FINGERPRINT_FIELDS, old, new, strict=True)
+        if a != b
+    )
+
+
 def fingerprint_diff(before: dict, after: dict, limit: int = 15) -> list[str]:
-    """What differs between two fingerprints, one line per difference."""
+    """What differs between two fingerprints, one short line per difference."""
     lines = []
     if before["root"] != after["root"] or before["names"] != after["names"]:
         lines.append("%s: %s -> %s" % (ROOT, before["names"], after["names"]))
     for client in sorted(set(before["areas"]) | set(after["areas"])):
         old = before["areas"].get(client, {})
         new = after["areas"].get(client, {})
-        for key in ("area", "names", "current", "top"):
+        old_names, new_names = set(old.get("names", [])), set(new.get("names", []))
+        if new_names - old_names:
+            lines.append("%s: new %s" % (client, ", ".join(sorted(new_names - old_names))))
+        if old_names - new_names:
+            lines.append("%s: gone %s" % (client, ", ".join(sorted(old_names - new_names))))
+        for key in ("area", "current"):
             if old.get(key) != new.get(key):
                 lines.append("%s %s: %s -> %s" % (client, key, old.get(key), new.get(key)))
-        old_files, new_files = old.get("files", {}), new.get("files", {})
-        for path in sorted(set(old_files) | set(new_files)):
-            if old_files.get(path) != new_files.get(path):
-                lines.append(
-                    "%s/%s: %s -> %s" % (client, path, old_files.get(path), new_files.get(path))
-                )
+        for group in ("top", "files"):
+            old_group, new_group = old.get(group, {}), new.get(group, {})
+            for path in sorted(set(old_group) | set(new_group)):
+                if old_group.get(path) != new_group.get(path):
+                    change = _record_diff(old_group.get(path), new_group.get(path))
+                    lines.append("%s/%s: %s" % (client, path, change))
     return lines[:limit] + (["... %d more" % (len(lines) - limit)] if len(lines) > limit else [])
 
 
@@ -267,9 +288,9 @@ def journal_cursor(host) -> str:
     return result.stdout.strip().split("cursor: ", 1)[1]
 
 
-def journal_since(host, cursor: str, identifier: str = "") -> str:
-    """The journal's messages after ``cursor`` (of one syslog identifier, if given)."""
-    command = "journalctl -q -o cat --no-pager --after-cursor=%s" % shlex.quote(cursor)
-    if identifier:
-        command += " -t %s" % shlex.quote(identifier)
-    return host.run(command).stdout
+def journal_since(host, cursor: str) -> str:
+    """The journal's messages after ``cursor``, one a line."""
+    # No -t filter: systemd 252 returns nothing for --after-cursor with a match.
+    return host.run(
+        "journalctl -q -o cat --no-pager --after-cursor=%s" % shlex.quote(cursor)
+    ).stdout

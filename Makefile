@@ -70,6 +70,7 @@ demo-clean: venv
 bench: venv images
 	bench/run.sh
 	bench/mirror_bench.sh
+	bench/prune_bench.sh
 
 clean: demo-clean
 	rm -rf $(VENV) .ansible .cache tests/output

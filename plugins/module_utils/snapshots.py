@@ -24,6 +24,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import functools
 import os
 import re
 import shutil
@@ -198,7 +199,9 @@ _RENAME_NOREPLACE = 1
 _AT_FDCWD = -100
 
 
+@functools.lru_cache(maxsize=1)
 def _libc():
+    # find_library runs a helper process: look it up once per process.
     name = ctypes.util.find_library("c")
     return ctypes.CDLL(name, use_errno=True) if name else None
 

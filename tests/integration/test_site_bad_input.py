@@ -107,6 +107,47 @@ CASES = [
         id="timeout-not-int",
     ),
     pytest.param(
+        {"backup_mirror_dest": "relative/drive2", "backup_mirror_dest_must_be_mount": False},
+        {},
+        True,
+        "backup_mirror_dest must be an absolute path",
+        id="mirror-relative-dest",
+    ),
+    pytest.param(
+        {
+            "backup_mirror_dest": "/tmp/x/drive/inside",
+            "backup_mirror_source": "/tmp/x/drive",
+            "backup_mirror_dest_must_be_mount": False,
+            "backup_mirror_source_must_be_mount": False,
+        },
+        {},
+        True,
+        "must be separate trees",
+        id="mirror-inside-source",
+    ),
+    pytest.param(
+        {
+            "backup_mirror_dest": "/tmp/drive2",
+            "backup_mirror_dest_must_be_mount": False,
+            "backup_mirror_schedule": "twice a day",
+        },
+        {},
+        True,
+        "backup_mirror_schedule",
+        id="mirror-bad-schedule",
+    ),
+    pytest.param(
+        {
+            "backup_mirror_dest": "/tmp/drive2",
+            "backup_mirror_dest_must_be_mount": False,
+            "backup_mirror_max_removed_percent": 150,
+        },
+        {},
+        True,
+        "backup_mirror_max_removed_percent",
+        id="mirror-percent-over-100",
+    ),
+    pytest.param(
         {"backup_server_partial_policy": "ignore"},
         {},
         True,

@@ -183,6 +183,10 @@ def _parse_rsync(words: list[str]):
     options, paths = _split_options(args)
     if len(paths) != 1:
         raise GateRefused("rsync must name exactly one destination")
+    # The destination is ignored, but a laptop that names another place on
+    # the server (an absolute path, '..') is refused and logged, not humoured.
+    if paths[0].startswith("/") or ".." in paths[0].split("/"):
+        raise GateRefused("the destination is chosen by the server; %r is refused" % paths[0][:200])
     _check_options(options, _RECEIVE_LONG_OPTIONS)
     return ReceiveRequest(options=tuple(options))
 

@@ -3,6 +3,7 @@
 """Never fail silently: failures, recoveries and staleness alert; a laptop away is skipped."""
 
 import contextlib
+import shlex
 import time
 
 import linkdest_testlib as lib
@@ -158,3 +159,55 @@ def test_the_log_stays_bounded(laptop_a):
     assert lib.backup(laptop_a).rc == 0
     assert laptop_a.file(log + ".1").size > 1024 * 1024
     assert laptop_a.file(log).size < 64 * 1024
+
+
+def _variant(laptop, name, *seds):
+    """A copy of the rendered linkdest with settings changed, as the role would write them."""
+    path = "/tmp/%s" % name
+    script = "cp /usr/local/bin/linkdest %s && chmod 755 %s" % (path, path)
+    for expression in seds:
+        script += " && sed -i %s %s" % (shlex.quote(expression), path)
+    assert laptop.run(script).rc == 0
+    return path
+
+
+def test_a_laptop_outside_the_allowed_networks_is_skipped(laptop_a):
+    laptop_a.run("rm -f %s" % ALERTS)
+    variant = _variant(
+        laptop_a,
+        "linkdest-away",
+        "s|^readonly ALLOWED_NETWORKS=.*|readonly ALLOWED_NETWORKS=('203.0.113.0/24')|",
+    )
+    result = laptop_a.run("runuser -u alice -- %s backup" % variant)
+    assert result.rc == 69, result.stderr
+    assert "skipped: not on an allowed network (203.0.113.0/24)" in result.stderr
+    assert alerts(laptop_a) == []
+    # The same copy on the laptop's own network runs.
+    ours = laptop_a.run(
+        "ip -o -4 addr show scope global | awk '{print $4}' | head -n 1"
+    ).stdout.strip()
+    home = _variant(
+        laptop_a,
+        "linkdest-home",
+        "s|^readonly ALLOWED_NETWORKS=.*|readonly ALLOWED_NETWORKS=('%s')|" % ours,
+    )
+    assert laptop_a.run("runuser -u alice -- %s backup" % home).rc == 0
+
+
+def test_a_laptop_on_battery_is_skipped(laptop_a):
+    supplies = "/tmp/fake-power"
+    laptop_a.run(
+        f"mkdir -p {supplies}/AC {supplies}/BAT0 && echo Mains > {supplies}/AC/type"
+        f" && echo 0 > {supplies}/AC/online && echo Battery > {supplies}/BAT0/type"
+    )
+    variant = _variant(
+        laptop_a,
+        "linkdest-battery",
+        "s|^readonly REQUIRE_AC_POWER=.*|readonly REQUIRE_AC_POWER=1|",
+        "s|^readonly POWER_SUPPLIES=.*|readonly POWER_SUPPLIES=%s|" % supplies,
+    )
+    result = laptop_a.run("runuser -u alice -- %s backup" % variant)
+    assert result.rc == 69, result.stderr
+    assert "skipped: on battery" in result.stderr
+    laptop_a.run("echo 1 > %s/AC/online" % supplies)
+    assert laptop_a.run("runuser -u alice -- %s backup" % variant).rc == 0

@@ -22,7 +22,7 @@ ACCEPTED = [
     ),
     (
         "compression-and-limits",
-        FLAGS + "z --compress-level=6 --bwlimit=5M --max-delete=100 --fake-super . /abs/path",
+        FLAGS + "z --compress-level=6 --bwlimit=5M --max-delete=100 --fake-super . snapshot/",
         (
             "-logDtpre.iLsfxCIvuz",
             "--compress-level=6",
@@ -237,3 +237,13 @@ def test_locate_and_versions_take_a_safe_path():
     for bad in ("locate ../x", "versions /etc/passwd", "versions", "locate a b c"):
         with pytest.raises(gate.GateRefused):
             gate.parse_request(bad)
+
+
+@pytest.mark.parametrize(
+    "destination",
+    ["/etc/", "../c10/", "/media/backup_drive/c10/back-2026-11-26T11_40_37/", "snapshot/../../x"],
+    ids=["absolute", "other-area", "finished-snapshot", "dotdot-inside"],
+)
+def test_an_upload_naming_another_place_is_refused(destination):
+    with pytest.raises(gate.GateRefused, match="chosen by the server"):
+        gate.parse_request("rsync --server -logDtpre.iLsfxCIvu --delete . %s" % destination)

@@ -10,6 +10,7 @@ import json
 import os
 import shlex
 import subprocess
+import time
 
 import testinfra
 
@@ -69,8 +70,17 @@ def start_backup_detached(container: str, bwlimit_kib: int) -> None:
     )
 
 
-def backup(host, env: str = ""):
-    return as_user(host, "linkdest backup", env)
+def backup(host, env: str = "", retry_busy: bool = True):
+    """Run `linkdest backup` as the user. The laptops' real cron job may be
+    running at that moment (every 30 minutes): then wait for it and run again,
+    as a user would; the concurrency test asks for the raw answer instead."""
+    result = as_user(host, "linkdest backup", env)
+    for _attempt in range(60):
+        if not retry_busy or result.rc != 75:
+            break
+        time.sleep(3)
+        result = as_user(host, "linkdest backup", env)
+    return result
 
 
 def backup_ok(host) -> str:

@@ -12,9 +12,13 @@ The order is fixed (DESIGN.md, issue 4):
    (0 = no limit).
 2. **Space pruning**: while the drive has less free space or free inodes than
    the :class:`SpaceGuard` asks, the oldest kept snapshot goes, one at a time,
-   measuring again after each, down to ``min_keep``.
+   measuring again after each, down to ``min_keep``. It never touches the
+   last ``protect_days`` days of an area nor the snapshot just before them:
+   a laptop that floods the drive (ransomware backing up encrypted files)
+   cannot push out the history needed to undo the flood.
 3. **Refusal**: below the guard's hard floor the gate refuses new transfers
-   (server_cli.py), which the laptop logs and alerts on.
+   (server_cli.py), which the laptop logs and alerts on. A full drive costs
+   new backups, never protected history.
 
 Whatever the rules say, the newest finished snapshot and the one ``current``
 names are never removed, at least ``min_keep`` finished snapshots stay, and
@@ -105,6 +109,8 @@ class SpaceGuard:
     ``min_free_*``: below any of these, prune removes the oldest snapshots.
     ``floor_free_*``: below any of these, the gate refuses a new transfer.
     Percent of the drive's size (or inodes); MiB are absolute. 0 turns one off.
+    ``protect_days``: the space guard never removes a snapshot of the last
+    this many days, nor the newest one before them; 0 lifts the protection.
     """
 
     min_free_percent: float = 10
@@ -113,8 +119,13 @@ class SpaceGuard:
     floor_free_percent: float = 2
     floor_free_mib: int = 0
     floor_free_inodes_percent: float = 1
+    protect_days: int = 30
 
     def __post_init__(self):
+        if self.protect_days != int(self.protect_days):
+            raise RetentionError("protect_days must be a whole number of days")
+        # JSON and Jinja may hand over 30.0 for 30.
+        object.__setattr__(self, "protect_days", int(self.protect_days))
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name.endswith("percent") and not 0 <= value <= 100:
@@ -352,15 +363,33 @@ def plan_thinning(
     return decisions
 
 
-def space_candidates(decisions: list[Decision], min_keep: int) -> list[Decision]:
+def space_candidates(
+    decisions: list[Decision],
+    min_keep: int,
+    now: datetime | None = None,
+    protect_days: int = 0,
+) -> list[Decision]:
     """What the space guard may remove from one area, oldest first.
 
     Kept snapshots other than the newest and ``current``, as many as can go
-    while at least ``min_keep`` finished snapshots stay.
+    while at least ``min_keep`` finished snapshots stay. With ``protect_days``
+    also none made after ``now - protect_days`` nor the newest one made before
+    (the state the protected days start from): however fast uploads fill the
+    drive, the snapshots from before they began stay.
     """
     kept = [d for d in decisions if d.keep]
     room = max(0, len(kept) - min_keep)
-    return [d for d in kept if not d.protected][:room]
+    candidates = [d for d in kept if not d.protected]
+    if protect_days:
+        if now is None:
+            raise ValueError("protect_days needs now")
+        cutoff = now.astimezone(timezone.utc) - timedelta(days=protect_days)
+        older = [d for d in candidates if d.time <= cutoff]
+        anchor = max(
+            (d for d in kept if d.time <= cutoff), key=lambda d: (d.time, d.name), default=None
+        )
+        candidates = [d for d in older if anchor is None or d.name != anchor.name]
+    return candidates[:room]
 
 
 # --- what each snapshot costs on disk -----------------------------------------------
@@ -567,7 +596,7 @@ def prune(
         (
             (d.time, client, d)
             for client, part in report.areas.items()
-            for d in space_candidates(part.decisions, policy.min_keep)
+            for d in space_candidates(part.decisions, policy.min_keep, now, guard.protect_days)
         ),
         key=lambda item: (item[0], item[1], item[2].name),
     )

@@ -144,8 +144,8 @@ def _gate_receive(config: Config, client: str, area: str, request) -> int:
         _log(client, "refused: backup drive %s is not mounted" % config.root, syslog.LOG_ERR)
         sys.stderr.write("linkdest-server: backup drive %s is not mounted\n" % config.root)
         return EXIT_NOT_MOUNTED
-    # The last step of the space guard: thinning and space pruning (after each
-    # backup and daily) could not make room, so no transfer starts at all.
+    # The last step of the space guard: thinning and the daily space pruning
+    # could not make room, so no transfer starts at all.
     short = retention.floor_shortfall(retention.measure(config.root, STATVFS), config.space_guard)
     if short:
         message = (
@@ -216,11 +216,15 @@ def _gate_finalize(config: Config, client: str, area: str, request) -> int:
 
 
 def _prune_after_finalize(config: Config, client: str, area: str) -> None:
-    """Thin the client's area and make room, under the lock finalize holds.
+    """Thin the client's area, under the lock finalize holds.
 
-    Runs as the laptop's account, so it reaches only this client's area. A
-    failure here never undoes the finalize: it is logged and reported to the
-    laptop's log as a warning. stdout stays the snapshot's name alone.
+    Runs as the laptop's account, so it reaches only this client's area, and
+    only thinning: which snapshots thinning keeps depends on the times the
+    server gave them, which a laptop cannot choose. The space guard, which a
+    laptop could drive by uploading junk, runs from root's daily prune alone;
+    here a short drive is only reported. A failure never undoes the finalize:
+    it is logged and reported to the laptop's log as a warning. stdout stays
+    the snapshot's name alone.
     """
 
     def removed(_client, decision):
@@ -232,10 +236,10 @@ def _prune_after_finalize(config: Config, client: str, area: str) -> None:
             {client: area},
             config.retention,
             datetime.now(timezone.utc),
-            guard=config.space_guard,
-            root=config.root,
-            statvfs=STATVFS,
             on_remove=removed,
+        )
+        short = retention.prune_shortfall(
+            retention.measure(config.root, STATVFS), config.space_guard
         )
     except (snap.SnapshotError, OSError) as exc:
         _log(client, "prune after finalize failed: %s" % exc, syslog.LOG_ERR)
@@ -246,10 +250,8 @@ def _prune_after_finalize(config: Config, client: str, area: str) -> None:
         sys.stderr.write(
             "linkdest-server: pruned %d snapshot(s): %s\n" % (len(gone), ", ".join(gone))
         )
-    if report.still_short:
-        message = "backup drive still short of room after pruning down to min_keep: %s" % (
-            report.still_short
-        )
+    if short:
+        message = "backup drive short of room: %s (the daily prune makes room)" % short
         _log(client, message, syslog.LOG_WARNING)
         sys.stderr.write("linkdest-server: warning: %s\n" % message)
 
@@ -407,8 +409,11 @@ def cmd_prune(
     for client in busy:
         out("%s: busy (a backup is running), skipped" % client)
     if report.still_short:
-        message = "backup drive still short of room after pruning down to min_keep: %s" % (
-            report.still_short
+        message = (
+            "backup drive still short of room after the space guard removed all it may"
+            " (min_keep %d per laptop, the last %d days and the snapshot before them stay):"
+            " %s; backups stop at the hard floor"
+            % (config.retention.min_keep, config.space_guard.protect_days, report.still_short)
         )
         syslog.syslog(syslog.LOG_WARNING, message)
         sys.stderr.write("linkdest-server: warning: %s\n" % message)

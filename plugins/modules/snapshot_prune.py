@@ -15,9 +15,12 @@ description:
     then the first of each ISO week for O(weekly_weeks) weeks; nothing older than
     O(max_age_days) stays.
   - With O(space_guard), then removes the oldest kept snapshots, one at a time, measuring the
-    drive again after each, while it has less free room than asked, down to O(min_keep).
-  - This is what C(linkdest-server prune) does after each successful backup and daily; use the
-    module to preview a policy in check mode or to prune by hand.
+    drive again after each, while it has less free room than asked, down to O(min_keep). It
+    never removes a snapshot of the last O(space_guard.protect_days) days nor the newest one
+    before them, so uploads that flood the drive cannot push out the history before them.
+  - C(linkdest-server prune) thins after each successful backup, and thins and runs the space
+    guard daily from root's cron; use the module to preview a policy in check mode or to prune
+    by hand.
 version_added: 1.0.0
 author: linkdest.backup contributors (@linkdest)
 extends_documentation_fragment:
@@ -76,6 +79,14 @@ options:
             report no inode count.
         type: float
         default: 5
+      protect_days:
+        description:
+          - Days of history the space guard never removes, counted back from now, plus the
+            newest snapshot before them (the state those days start from).
+          - V(0) lets it remove any snapshot down to O(min_keep), which lets one client that
+            floods the drive push out the history of every client.
+        type: int
+        default: 30
   lock_timeout:
     description:
       - Seconds to wait for the area's lock while a backup, finalize or prune of the same
@@ -183,8 +194,8 @@ finished_deletions:
 free:
   description:
     - The drive after pruning (in check mode, estimated) in bytes and inodes.
-    - V(still_short) says why it is still short of room when O(min_keep) stopped the space
-      guard, else V(null).
+    - V(still_short) says why it is still short of room when O(min_keep) or
+      O(space_guard.protect_days) stopped the space guard, else V(null).
   returned: when O(space_guard) is set
   type: dict
   sample:
@@ -261,6 +272,7 @@ def main():
                     min_free_percent=dict(type="float", default=10),
                     min_free_mib=dict(type="int", default=0),
                     min_free_inodes_percent=dict(type="float", default=5),
+                    protect_days=dict(type="int", default=30),
                 ),
             ),
             lock_timeout=dict(type="int", default=120),

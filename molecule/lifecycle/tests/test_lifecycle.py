@@ -2,8 +2,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The snapshot lifecycle end to end, in order: a tree made by the article's
 script is adopted, explained by a dry run and by the module in check mode, and
-linked by the next backup; then the small drive fills until the space guard
-removes the oldest snapshots and the hard floor refuses a backup.
+linked by the next backup; then the small drive fills: backups only warn, the
+daily prune's space guard removes what is older than the protected week (but
+the snapshot before it), and the hard floor refuses a backup.
 
 The tests run top to bottom on one world (molecule/lifecycle/prepare.yml made
 the article's tree); each one leaves the state the next expects.
@@ -191,8 +192,12 @@ def test_the_next_backup_links_against_the_articles_current_and_thins(laptop, se
 # --- the space guard ----------------------------------------------------------------------
 
 
-def test_filling_the_drive_prunes_the_oldest_first_down_to_min_keep(laptop, server):
+def test_filling_the_drive_warns_and_the_daily_prune_spares_the_protected_week(
+    laptop, server, article
+):
+    first, second, _third, fourth = article
     before = finished(server)
+    assert before[:3] == [first, second, fourth]
     made = []
     for _round in range(4):
         # 12 MiB of new data a backup: the 64 MiB drive falls below 50% free at the third.
@@ -201,23 +206,28 @@ def test_filling_the_drive_prunes_the_oldest_first_down_to_min_keep(laptop, serv
             == 0
         )
         made.append(lib.backup_ok(laptop))
-    after = finished(server)
 
-    # Oldest first: every earlier snapshot and the first new one went; the
-    # three newest survive, which is min_keep (the drive could not get above
-    # 50% with three 12 MiB snapshots, so the guard stopped there).
-    assert after == made[1:]
-    removed = {e["pruned"]: e["rule"] for e in journal(server) if "pruned" in e}
-    for name in before + made[:1]:
-        assert removed[name].startswith("space guard ("), (name, removed.get(name))
-        assert "is below 50%" in removed[name]
-    space_order = [
-        e["pruned"] for e in journal(server) if e.get("rule", "").startswith("space guard")
-    ]
-    assert space_order == before + made[:1]
-    assert server.file(AREA + "/current").linked_to == "%s/%s" % (AREA, made[-1])
+    # A backup never runs the space guard (a laptop could steer it with junk):
+    # every snapshot is still there and the laptop's log says the drive is short.
+    assert finished(server) == before + made
     log = laptop.file(lib.HOME + "/.local/state/linkdest/linkdest.log").content_string
-    assert "warning: backup drive still short of room after pruning down to min_keep" in log
+    assert "warning: backup drive short of room: " in log
+    assert "(the daily prune makes room)" in log
+
+    # The daily prune (root, as cron runs it) takes only what is older than
+    # the protected week, and keeps the newest of those: the article's second.
+    result = server.run("%s prune --all" % SERVER_CMD)
+    assert result.rc == 0, result.stderr
+    assert finished(server) == [second, fourth] + before[3:] + made
+    ours = lines_about(result.stdout.splitlines(), CLIENT + " " + first)
+    assert len(ours) == 1
+    assert ours[0].startswith(CLIENT + " %s remove: space guard (" % first)
+    assert "is below 50%" in ours[0]
+    assert (
+        "still short of room after the space guard removed all it may (min_keep 3 per laptop,"
+        " the last 7 days and the snapshot before them stay)" in result.stderr
+    )
+    assert server.file(AREA + "/current").linked_to == "%s/%s" % (AREA, made[-1])
 
 
 # --- the hard floor -----------------------------------------------------------------------

@@ -11,27 +11,21 @@ would measure on a drive the uploads filled. Everything else is real: c1's
 backups and finalize through its key, and the nightly prune as cron runs it.
 
 The security model promises that ransomware on a laptop cannot destroy
-history, and that a laptop cannot touch another laptop's snapshots.
+history, and that a laptop cannot touch another laptop's snapshots. A laptop's
+finalize only thins (by the server's clock); the nightly space guard never
+takes the last protect_days (30) days nor the snapshot before them, so here,
+where every snapshot is minutes old, nothing may go: the drive stays short
+and says so, and the hard floor would refuse the next upload.
 """
 
 import json
 
 import linkdest_testlib as lib
-import pytest
 from conftest import SOURCE_FILES, reset_source
 
 SERVER_JSON = "/etc/linkdest/server.json"
 
 
-# A known hole, kept visible: strict, so the suite fails the day it is fixed
-# and this marker must go. The space guard (issue 4) removes the oldest
-# snapshots down to min_keep whatever their age, so a laptop that floods the
-# drive pushes out its own history and others'. Proposed fix: no space guard
-# from a laptop-triggered finalize, min_keep counted in days, per-laptop
-# quotas, and beyond that refusal with an alert instead of deletion.
-@pytest.mark.xfail(
-    strict=True, reason="known hole: the space guard lets a flooding laptop erase history"
-)
 def test_filling_the_drive_does_not_erase_history(attack, c1, server, world):
     original = server.file(SERVER_JSON).content_string
     config = json.loads(original)
@@ -72,6 +66,7 @@ def test_filling_the_drive_does_not_erase_history(attack, c1, server, world):
         "history kept" if not problems else "HOLE: " + "; ".join(problems),
     )
     assert nightly.rc == 0, nightly.stderr
+    assert "still short of room after the space guard removed all it may" in nightly.stderr
     assert not problems, (
         "the space guard removes finished snapshots a laptop's uploads pushed out: %s" % problems
     )

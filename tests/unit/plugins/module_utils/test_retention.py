@@ -398,6 +398,27 @@ def test_property_each_tier_keeps_at_most_what_it_promises(case):
     assert len(extra) <= policy.min_keep
 
 
+@settings(max_examples=300, deadline=None, database=None)
+@given(cases(), st.integers(0, 60))
+def test_property_the_space_guard_spares_the_protected_days(case, protect_days):
+    # Whatever a flood of uploads does to the drive, the guard may only take
+    # snapshots from before the protected days, never the newest of those, and
+    # never below min_keep: the state before the flood can always be restored.
+    times, policy, current = case
+    decisions = retention.plan_thinning([snapshot(t) for t in times], NOW, policy, current)
+    kept = [d for d in decisions if d.keep]
+    may_go = retention.space_candidates(decisions, policy.min_keep, NOW, protect_days)
+    assert len(kept) - len(may_go) >= min(policy.min_keep, len(kept))
+    assert not [d for d in may_go if d.protected]
+    if protect_days:
+        cutoff = NOW - timedelta(days=protect_days)
+        before = [d for d in kept if d.time <= cutoff]
+        assert all(d.time <= cutoff for d in may_go)
+        if before:
+            assert max(before, key=lambda d: (d.time, d.name)) not in may_go
+    assert may_go == sorted(may_go, key=lambda d: (d.time, d.name))
+
+
 @settings(max_examples=200, deadline=None, database=None)
 @given(cases(), st.randoms(use_true_random=False))
 def test_property_the_order_of_the_input_does_not_matter(case, rng):
@@ -599,6 +620,12 @@ def test_dry_run_changes_nothing_and_reports_the_same_plan(tmp_path):
     assert report.areas["laptop"].finished_deletions == [name(at(days=9))]
 
 
+def unprotected_guard(**settings) -> retention.SpaceGuard:
+    """A guard free to remove recent snapshots: the tests below use a few days of
+    history to show the oldest-first mechanics; protect_days has tests of its own."""
+    return retention.SpaceGuard(protect_days=0, **settings)
+
+
 def space_setup(tmp_path, count=6, size=100 * 1024, total=1000 * 1024):
     root = tmp_path / "root"
     area = make_area(root)
@@ -609,7 +636,7 @@ def space_setup(tmp_path, count=6, size=100 * 1024, total=1000 * 1024):
 
 def test_space_guard_removes_the_oldest_first_until_there_is_room(tmp_path):
     root, area, names, drive = space_setup(tmp_path)
-    guard = retention.SpaceGuard(min_free_percent=60, floor_free_percent=2)
+    guard = unprotected_guard(min_free_percent=60, floor_free_percent=2)
     used_before = drive.used()[0]
     assert 100 - 100 * used_before / drive.total < 60
 
@@ -638,7 +665,7 @@ def test_space_guard_removes_the_oldest_first_until_there_is_room(tmp_path):
 
 def test_space_guard_stops_at_min_keep_and_says_the_drive_is_still_short(tmp_path):
     root, area, names, drive = space_setup(tmp_path)
-    guard = retention.SpaceGuard(min_free_percent=99, floor_free_percent=2)
+    guard = unprotected_guard(min_free_percent=99, floor_free_percent=2)
 
     report = retention.prune(
         {"laptop": str(area)},
@@ -657,9 +684,7 @@ def test_space_guard_stops_at_min_keep_and_says_the_drive_is_still_short(tmp_pat
 def test_space_guard_counts_inodes_like_bytes(tmp_path):
     root, area, names, drive = space_setup(tmp_path, size=10)
     drive.inodes = 22  # each snapshot holds 2 inodes of its own, the shared file 1
-    guard = retention.SpaceGuard(
-        min_free_percent=0, min_free_inodes_percent=50, floor_free_percent=0
-    )
+    guard = unprotected_guard(min_free_percent=0, min_free_inodes_percent=50, floor_free_percent=0)
 
     report = retention.prune(
         {"laptop": str(area)},
@@ -682,7 +707,7 @@ def test_space_guard_never_removes_current_or_the_newest(tmp_path):
         {"laptop": str(area)},
         retention.Policy(min_keep=1),
         NOW,
-        guard=retention.SpaceGuard(min_free_percent=100, floor_free_percent=0),
+        guard=unprotected_guard(min_free_percent=100, floor_free_percent=0),
         root=str(root),
         statvfs=drive.statvfs,
     )
@@ -692,7 +717,7 @@ def test_space_guard_never_removes_current_or_the_newest(tmp_path):
 
 def test_dry_run_estimates_the_space_guard_without_removing(tmp_path):
     root, area, names, drive = space_setup(tmp_path)
-    guard = retention.SpaceGuard(min_free_percent=60, floor_free_percent=2)
+    guard = unprotected_guard(min_free_percent=60, floor_free_percent=2)
     before = sorted(os.listdir(area))
 
     dry = retention.prune(
@@ -727,7 +752,7 @@ def test_dry_run_counts_what_thinning_frees_before_the_space_guard(tmp_path):
     names = fill(area, [T_OLD, T_OLD_LATER, at(hours=1)], 300 * 1024, share=False)
     drive = Drive(root, 1000 * 1024)
     # Thinning frees T_OLD_LATER's 300 KiB; that is room enough.
-    guard = retention.SpaceGuard(min_free_percent=30, floor_free_percent=2)
+    guard = unprotected_guard(min_free_percent=30, floor_free_percent=2)
     dry = retention.prune(
         {"laptop": str(area)},
         retention.Policy(min_keep=1),
@@ -753,7 +778,7 @@ def test_space_guard_across_areas_takes_the_drives_oldest_first(tmp_path):
         {"laptop-a": str(a), "laptop-b": str(b)},
         retention.Policy(min_keep=1),
         NOW,
-        guard=retention.SpaceGuard(min_free_percent=65, floor_free_percent=2),
+        guard=unprotected_guard(min_free_percent=65, floor_free_percent=2),
         root=str(root),
         statvfs=drive.statvfs,
     )
@@ -780,7 +805,7 @@ def test_a_failed_removal_reports_what_was_removed_before(tmp_path, monkeypatch)
             {"laptop": str(area)},
             retention.Policy(min_keep=1),
             NOW,
-            guard=retention.SpaceGuard(min_free_percent=90, floor_free_percent=2),
+            guard=unprotected_guard(min_free_percent=90, floor_free_percent=2),
             root=str(root),
             statvfs=drive.statvfs,
         )

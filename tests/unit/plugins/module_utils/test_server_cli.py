@@ -18,6 +18,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -393,11 +394,11 @@ def test_a_failed_backup_prunes_nothing(server, monkeypatch, capsys, drive):
     assert "pruned" not in capsys.readouterr().err
 
 
-def test_finalize_space_guard_removes_the_oldest_and_warns_at_min_keep(
-    server, monkeypatch, capsys, drive
-):
+def test_finalize_never_runs_the_space_guard_only_warns(server, monkeypatch, capsys, drive):
+    # A laptop must not be able to trigger deletions by uploading junk: even
+    # with the protection window off, its finalize only thins its own area.
     make_old_snapshots(server.area, WEEK_OLD, DAY_OLD)
-    configure(server, retention={"min_keep": 2})
+    configure(server, retention={"min_keep": 1}, space_guard={"protect_days": 0})
     drive.free = 5  # 5% free: below the default 10%, above the 2% floor
     (server.src / "file").write_text("new")
     assert server.backup().returncode == 0
@@ -406,12 +407,36 @@ def test_finalize_space_guard_removes_the_oldest_and_warns_at_min_keep(
 
     out = capsys.readouterr()
     name = out.out.strip()
-    # The fake drive never gets room: the guard stops at min_keep and says so.
-    assert finished(server.area) == ["back-" + DAY_OLD, name]
-    entries = [e for e in journal(server.area) if "pruned" in e]
-    assert [e["pruned"] for e in entries] == ["back-" + WEEK_OLD]
-    assert entries[0]["rule"].startswith("space guard (5.0 MiB free (5.0%) is below 10%")
-    assert "warning: backup drive still short of room after pruning down to min_keep" in out.err
+    assert finished(server.area) == ["back-" + WEEK_OLD, "back-" + DAY_OLD, name]
+    assert not [e for e in journal(server.area) if "pruned" in e]
+    assert (
+        "warning: backup drive short of room: 5.0 MiB free (5.0%) is below 10%"
+        " (the daily prune makes room)" in out.err
+    )
+
+
+def test_daily_prune_space_guard_spares_the_protected_days(server, capsys, drive):
+    # Two snapshots long ago and two of the last days, as after a flood: the
+    # guard may remove only the older of the old ones; the newest before the
+    # protected days stays, so the state before the flood can be restored.
+    recent = [
+        (datetime.now(timezone.utc) - timedelta(days=days)).strftime("%Y-%m-%dT%H_%M_%S")
+        for days in (3, 2)
+    ]
+    make_old_snapshots(server.area, WEEK_OLD, DAY_OLD, *recent)
+    configure(server, retention={"min_keep": 1})
+    drive.free = 5
+
+    assert prune_cli(server, "--all") == 0
+
+    out = capsys.readouterr()
+    assert finished(server.area) == ["back-" + DAY_OLD] + ["back-" + r for r in recent]
+    assert "laptop: 3 kept, 1 removed" in out.out
+    assert (
+        "still short of room after the space guard removed all it may (min_keep 1 per laptop,"
+        " the last 30 days and the snapshot before them stay): 5.0 MiB free (5.0%) is below 10%"
+        in out.err
+    )
 
 
 def test_a_prune_failure_never_undoes_the_finalize(server, monkeypatch, capsys, drive):

@@ -187,7 +187,7 @@ def test_space_guard_removes_the_oldest_kept_and_reports_the_drive(run_module, a
         (area / name / "big").write_bytes(os.urandom(100 * 1024))
     # About 570 KiB used of 1000: 65% free after thinning, 76% once the oldest is gone.
     monkeypatch.setattr(os, "statvfs", Drive(area.parent, 1000 * 1024))
-    args = args_for(area, space_guard={"min_free_percent": 70}, min_keep=1)
+    args = args_for(area, space_guard={"min_free_percent": 70, "protect_days": 0}, min_keep=1)
 
     failed, checked = run_module(snapshot_prune, args, check=True)
     failed, result = run_module(snapshot_prune, args)
@@ -207,10 +207,26 @@ def test_space_guard_removes_the_oldest_kept_and_reports_the_drive(run_module, a
 def test_space_guard_stops_at_min_keep(run_module, area, monkeypatch):
     monkeypatch.setattr(os, "statvfs", Drive(area.parent, 100 * 1024))
     failed, result = run_module(
-        snapshot_prune, args_for(area, space_guard={"min_free_mib": 1}, min_keep=2)
+        snapshot_prune,
+        args_for(area, space_guard={"min_free_mib": 1, "protect_days": 0}, min_keep=2),
     )
     assert not failed, result
     assert result["kept"] == [DAY_FIRST, RECENT]
+    assert "is below 10% and 1 MiB" in result["free"]["still_short"]
+
+
+def test_space_guard_keeps_the_protected_days_and_the_snapshot_before(
+    run_module, area, monkeypatch
+):
+    monkeypatch.setattr(os, "statvfs", Drive(area.parent, 100 * 1024))
+    failed, result = run_module(
+        snapshot_prune, args_for(area, space_guard={"min_free_mib": 1}, min_keep=1)
+    )
+    assert not failed, result
+    # Only thinning removed anything: DAY_FIRST and RECENT are of the last 30
+    # days, WEEK_FIRST is the newest before them.
+    assert result["removed"] == [WEEK_LATER, DAY_LATER]
+    assert result["kept"] == [WEEK_FIRST, DAY_FIRST, RECENT]
     assert "is below 10% and 1 MiB" in result["free"]["still_short"]
 
 
@@ -221,11 +237,21 @@ def test_space_guard_stops_at_min_keep(run_module, area, monkeypatch):
         ({"daily_days": -1}, "daily_days must be 0 or more"),
         ({"max_age_days": 1, "keep_all_hours": 48}, "shorter than keep_all_hours"),
         ({"space_guard": {"min_free_percent": 150}}, "percentage from 0 to 100"),
+        ({"space_guard": {"protect_days": -1}}, "protect_days must be 0 or more"),
         ({"lock_timeout": -1}, "lock_timeout must be 0 or more"),
         ({"client": ".."}, "plain directory name"),
         ({"client": "nobody"}, "does not exist"),
     ],
-    ids=["min-keep", "negative", "max-age", "percent", "lock-timeout", "parent", "missing"],
+    ids=[
+        "min-keep",
+        "negative",
+        "max-age",
+        "percent",
+        "protect-days",
+        "lock-timeout",
+        "parent",
+        "missing",
+    ],
 )
 def test_bad_input_fails_before_any_change(run_module, area, extra, message):
     before = tree(area.parent)

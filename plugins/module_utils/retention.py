@@ -39,6 +39,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime, timedelta, timezone
 
 from ansible_collections.linkdest.backup.plugins.module_utils import snapshots as snap
+from ansible_collections.linkdest.backup.plugins.module_utils import subvolumes
 
 MIB = 1024 * 1024
 
@@ -193,9 +194,20 @@ def measure(path: str, statvfs: Callable | None = None) -> Usage:
 
     Free means available to an unprivileged writer (f_bavail, f_favail): the
     laptops' accounts write the snapshots. A file system that reports no
-    inode count (btrfs) never falls short of inodes.
+    inode count (btrfs) never falls short of inodes. On btrfs the free bytes
+    are what btrfs itself estimates (statvfs counts unallocated space as if
+    all of it could hold data), the lower of the two when they differ.
     """
     st = (statvfs or os.statvfs)(path)
+    usage = _usage(st)
+    if statvfs in (None, os.statvfs) and subvolumes.filesystem_type(path) == "btrfs":
+        estimated = subvolumes.free_bytes(path)
+        if estimated is not None and estimated < usage.free_bytes:
+            usage = replace(usage, free_bytes=estimated)
+    return usage
+
+
+def _usage(st) -> Usage:
     return Usage(
         total_bytes=st.f_blocks * st.f_frsize,
         free_bytes=st.f_bavail * st.f_frsize,
@@ -407,6 +419,10 @@ def _entries(path: str) -> Iterator[os.stat_result]:
                     stack.append(entry.path)
 
 
+def _is_subvolume(path: str) -> bool:
+    return snap.is_subvolume_snapshot(os.path.dirname(path), os.path.basename(path))
+
+
 class DiskIndex:
     """Which snapshots hold which inodes, to tell what removing some would free.
 
@@ -431,6 +447,11 @@ class DiskIndex:
 
     def add(self, key, path: str) -> None:
         own = self._own.setdefault(key, [0, 0])
+        if _is_subvolume(path):
+            # btrfs: every snapshot has inodes of its own that share extents;
+            # what it alone holds is what btrfs counts as its exclusive bytes.
+            own[0] += subvolumes.exclusive_bytes([path])[path]
+            return
         for st in _entries(path):
             size = st.st_blocks * 512
             if st.st_nlink <= 1 or stat.S_ISDIR(st.st_mode):

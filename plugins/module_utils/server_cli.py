@@ -23,7 +23,7 @@ import syslog
 from datetime import datetime, timezone
 
 from ansible_collections.linkdest.backup.plugins.module_utils import gate as gate_lib
-from ansible_collections.linkdest.backup.plugins.module_utils import health, retention
+from ansible_collections.linkdest.backup.plugins.module_utils import health, retention, subvolumes
 from ansible_collections.linkdest.backup.plugins.module_utils import snapshots as snap
 
 CONFIG_PATH = "/etc/linkdest/server.json"
@@ -37,6 +37,8 @@ EXIT_NOT_FOUND = 67
 EXIT_NOT_MOUNTED = 72
 # The drive is below the space guard's hard floor (sysexits EX_CANTCREAT).
 EXIT_NO_SPACE = 73
+# Between linkdest-server and its root helper only: the name is taken (EEXIST).
+EXIT_EXISTS = 17
 
 # How the drive is measured; tests put a fake file system here.
 STATVFS = os.statvfs
@@ -56,6 +58,16 @@ class Config:
         self.space_guard = retention.SpaceGuard.from_mapping(data.get("space_guard"))
         # client name -> the system account that client's key logs in as
         self.clients = data.get("clients", {})
+        self.backend = data.get("backend", "hardlink")
+        if self.backend not in subvolumes.BACKENDS:
+            raise snap.LayoutError(
+                "backend must be one of %s, not %r" % (", ".join(subvolumes.BACKENDS), self.backend)
+            )
+        # How a laptop's account asks root for a btrfs step (a sudo rule allows
+        # exactly this command line, followed by an operation and a name).
+        self.subvolume_helper = list(
+            data.get("subvolume_helper", ["sudo", "-n", "/usr/local/sbin/linkdest-server"])
+        )
         # The server's own check (linkdest-server check).
         check = data.get("check", {})
         self.stale_after_hours = float(check.get("stale_after_hours", 24))
@@ -122,17 +134,47 @@ def receiver_argv(
         "--fake-super",
         "--timeout=%d" % config.timeout,
     ]
+    if config.backend == "btrfs":
+        # The run starts as a writable snapshot of current: rewrite only the
+        # blocks that changed (copy-on-write keeps the old ones for the older
+        # snapshots) and delete what the laptop deleted. The gate never takes
+        # these options from a laptop.
+        argv += ["--inplace", "--no-whole-file", "--delete"]
     argv += ["--link-dest=../%s" % name for name in link_dests[:MAX_LINK_DESTS]]
     return argv + [".", dest + "/"]
 
 
-def link_dests_for(area: str) -> list[str]:
+def ask_root(config: Config):
+    """How this process (a laptop's account) asks root for a btrfs step."""
+
+    def privileged(operation: str, name: str) -> None:
+        result = subprocess.run(
+            [*config.subvolume_helper, "subvolume", operation, name],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode == EXIT_EXISTS:
+            raise FileExistsError(errno.EEXIST, "exists", name)
+        if result.returncode != 0:
+            raise snap.SnapshotError(
+                "root's subvolume helper failed to %s %s: %s"
+                % (operation, name, result.stderr.strip() or "exit %d" % result.returncode)
+            )
+
+    return privileged
+
+
+def link_dests_for(config: Config, area: str) -> list[str]:
     """What a new transfer links against: ``current``, then interrupted runs.
 
     An interrupted transfer is resumed, not restarted: what it already
     received is linked from its incomplete directory instead of being sent
     again. The new run still writes only into its own fresh directory.
     """
+    if config.backend == "btrfs":
+        return []  # the run starts from current (or resumes) instead
     base = snap.current_snapshot(area)
     interrupted = [s.name for s in reversed(snap.list_incomplete(area))]
     return ([base.name] if base else []) + interrupted
@@ -143,6 +185,11 @@ def _gate_receive(config: Config, client: str, area: str, request) -> int:
         # With the drive unplugged the upload would fill the system disk.
         _log(client, "refused: backup drive %s is not mounted" % config.root, syslog.LOG_ERR)
         sys.stderr.write("linkdest-server: backup drive %s is not mounted\n" % config.root)
+        return EXIT_NOT_MOUNTED
+    if config.backend == "btrfs" and not subvolumes.is_btrfs(config.root):
+        message = "refused: backend btrfs, but backup drive %s is not btrfs" % config.root
+        _log(client, message, syslog.LOG_ERR)
+        sys.stderr.write("linkdest-server: %s\n" % message)
         return EXIT_NOT_MOUNTED
     # The last step of the space guard: thinning and the daily space pruning
     # could not make room, so no transfer starts at all.
@@ -160,12 +207,20 @@ def _gate_receive(config: Config, client: str, area: str, request) -> int:
         # be winding down, and prune or the mirror may hold the area briefly.
         with snap.area_lock(area, wait=RECEIVE_LOCK_WAIT):
             snap.finish_deletions(area)
-            link_dests = link_dests_for(area)
-            incoming = snap.start_incomplete(area, datetime.now(timezone.utc))
+            link_dests = link_dests_for(config, area)
+            incoming = snap.start_incomplete(
+                area, datetime.now(timezone.utc), config.backend, ask_root(config)
+            )
             argv = receiver_argv(config, request, link_dests, incoming.name)
             _log(
                 client,
-                "receiving %s (link-dest %s)" % (incoming.name, ", ".join(link_dests) or "none"),
+                "receiving %s (%s)"
+                % (
+                    incoming.name,
+                    "btrfs"
+                    if config.backend == "btrfs"
+                    else "link-dest %s" % (", ".join(link_dests) or "none"),
+                ),
             )
             code = subprocess.call(argv, cwd=area)
             _write_marker(area, incoming.name, code)
@@ -195,11 +250,11 @@ def _gate_finalize(config: Config, client: str, area: str, request) -> int:
             _log(client, "kept %s incomplete: %s" % (name, result.message))
             sys.stderr.write("linkdest-server: kept %s incomplete: %s\n" % (name, result.message))
             return EXIT_NOT_FINALIZED
-        plan = snap.finalize(area, name)
+        plan = snap.finalize(area, name, privileged=ask_root(config))
         os.unlink(os.path.join(area, RECEIVED_MARKER))
         # The interrupted runs this one resumed are superseded now.
         for stale in snap.list_incomplete(area):
-            snap.delete_snapshot(area, stale.name)
+            snap.delete_snapshot(area, stale.name, privileged=ask_root(config))
             _log(client, "removed superseded %s" % stale.name)
         _journal(
             area,
@@ -232,12 +287,17 @@ def _prune_after_finalize(config: Config, client: str, area: str) -> None:
         _journal(area, pruned=decision.name, rule=decision.rule)
 
     try:
-        report = retention.prune(
-            {client: area},
-            config.retention,
-            datetime.now(timezone.utc),
-            on_remove=removed,
-        )
+        if config.backend == "btrfs":
+            # Finished snapshots are root's read-only subvolumes, which this
+            # account cannot delete (by design): root's daily prune thins.
+            report = None
+        else:
+            report = retention.prune(
+                {client: area},
+                config.retention,
+                datetime.now(timezone.utc),
+                on_remove=removed,
+            )
         short = retention.prune_shortfall(
             retention.measure(config.root, STATVFS), config.space_guard
         )
@@ -245,7 +305,7 @@ def _prune_after_finalize(config: Config, client: str, area: str) -> None:
         _log(client, "prune after finalize failed: %s" % exc, syslog.LOG_ERR)
         sys.stderr.write("linkdest-server: warning: prune after finalize failed: %s\n" % exc)
         return
-    gone = report.areas[client].removed
+    gone = report.areas[client].removed if report is not None else []
     if gone:
         sys.stderr.write(
             "linkdest-server: pruned %d snapshot(s): %s\n" % (len(gone), ", ".join(gone))
@@ -624,6 +684,45 @@ def cmd_check(config: Config, quiet: bool = False) -> int:
     return 0
 
 
+def cmd_subvolume(config: Config, operation: str, name: str) -> int:
+    """Root's half of a btrfs step, for the laptop account that ran sudo.
+
+    The sudo rule lets each backup account run only ``linkdest-server
+    subvolume`` as root. Who asks comes from sudo (SUDO_UID, which the caller
+    cannot set), never from the arguments; the area is that account's own, the
+    name must be an incomplete snapshot's, and the work is done on file
+    descriptors (snapshots.py), so nothing the account controls redirects it.
+    """
+    if os.geteuid() != 0:
+        raise gate_lib.GateRefused("subvolume: only root runs this (through sudo)")
+    try:
+        account = pwd.getpwuid(int(os.environ["SUDO_UID"])).pw_name
+    except (KeyError, ValueError) as exc:
+        raise gate_lib.GateRefused("subvolume: not called through sudo") from exc
+    clients = [c for c, a in config.clients.items() if a == account]
+    if len(clients) != 1:
+        raise gate_lib.GateRefused("subvolume: %s is no laptop's account" % account)
+    client = clients[0]
+    parsed = snap.parse_snapshot_name(name)
+    if operation not in subvolumes.HELPER_OPERATIONS or parsed is None or parsed.complete:
+        _log(client, "refused: subvolume %s %r" % (operation, name), syslog.LOG_WARNING)
+        raise gate_lib.GateRefused("subvolume: refused %s %r" % (operation, name))
+    if config.backend != "btrfs":
+        raise gate_lib.GateRefused("subvolume: the backend is %s" % config.backend)
+    area = config.area(client)
+    try:
+        if operation == "start":
+            started = snap.start_subvolume(area, name)
+            _log(client, "started %s (%s)" % (name, started))
+        elif operation == "seal":
+            snap.seal_subvolume(area, name)
+        else:
+            snap.discard_subvolume(area, name)
+    except FileExistsError:
+        return EXIT_EXISTS
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="linkdest-server", description="linkdest.backup server command"
@@ -660,6 +759,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     adopt.add_argument("client")
     adopt.add_argument("--dry-run", action="store_true", help="say what would change")
+    subvol = sub.add_parser(
+        "subvolume", help="root's btrfs steps for a laptop's account (through sudo only)"
+    )
+    subvol.add_argument("operation", choices=subvolumes.HELPER_OPERATIONS)
+    subvol.add_argument("name", help="incomplete_back-T")
     check = sub.add_parser(
         "check", help="alert on stale laptops, a stale mirror or a full drive; write metrics"
     )
@@ -691,6 +795,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_prune(
                 config, clients, dry_run=args.dry_run, quiet=args.quiet, every=args.all
             )
+        if args.command == "subvolume":
+            return cmd_subvolume(config, args.operation, args.name)
         if args.command == "adopt":
             return cmd_adopt(config, args.client, dry_run=args.dry_run)
         if args.command == "check":

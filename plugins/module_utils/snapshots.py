@@ -15,6 +15,13 @@ Layout of one client's area::
 
 Nothing here follows a symlink found inside an area, except ``current``, whose
 target is only *read* and matched by name against the area's own snapshots.
+
+Two storage backends share this layout: ``hardlink`` (plain directories, rsync
+--link-dest) and ``btrfs`` (each snapshot a subvolume, finished ones read-only
+and root's; subvolumes.py). Which one a snapshot uses is read off the disk, so
+finalize, delete and the readers need no setting; only starting a run asks.
+A laptop's account cannot do the btrfs steps root must do: those functions take
+``privileged(operation, name)``, which asks root (server_cli.py) instead.
 """
 
 from __future__ import annotations
@@ -31,8 +38,11 @@ import shutil
 import stat
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+
+from ansible_collections.linkdest.backup.plugins.module_utils import subvolumes
 
 SNAPSHOT_PREFIX = "back-"
 INCOMPLETE_PREFIX = "incomplete_back-"
@@ -231,18 +241,20 @@ def rename_noreplace(src: str, dst: str) -> None:
     os.rename(src, dst)
 
 
-def sync_filesystem(path: str) -> None:
-    """Flush the file system holding ``path`` to disk (syncfs, else sync)."""
+def _syncfs_fd(fd: int) -> None:
     libc = _libc()
     func = getattr(libc, "syncfs", None) if libc is not None else None
-    if func is not None:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            if func(fd) == 0:
-                return
-        finally:
-            os.close(fd)
-    os.sync()
+    if func is None or func(fd) != 0:
+        os.sync()
+
+
+def sync_filesystem(path: str) -> None:
+    """Flush the file system holding ``path`` to disk (syncfs, else sync)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _syncfs_fd(fd)
+    finally:
+        os.close(fd)
 
 
 def swap_current(area: str, name: str) -> None:
@@ -290,25 +302,159 @@ def area_lock(area: str, wait: float = 0.0):
 # --- starting a snapshot ----------------------------------------------------
 
 
-def start_incomplete(area: str, now: datetime) -> Snapshot:
-    """Create a fresh, empty ``incomplete_back-T`` directory named by ``now``.
+# Asks root to do one btrfs step on this process's own area: (operation, name).
+Privileged = Callable[[str, str], None]
 
+
+def _as_root_or_ask(privileged: Privileged | None, operation: str, name: str, act) -> None:
+    if privileged is None or os.geteuid() == 0:
+        act()
+    else:
+        privileged(operation, name)
+
+
+def start_incomplete(
+    area: str, now: datetime, backend: str = "hardlink", privileged: Privileged | None = None
+) -> Snapshot:
+    """Create ``incomplete_back-T`` named by ``now``, for a run to write into.
+
+    ``hardlink``: an empty directory. ``btrfs``: see :func:`start_subvolume`.
     If the second is taken (by a finished or an incomplete snapshot), the
     next free second is used, so two runs never share a directory.
     """
     if not os.path.isdir(area) or os.path.islink(area):
         raise LayoutError("backup area %s is not a directory" % area)
+    if backend not in subvolumes.BACKENDS:
+        raise LayoutError("unknown storage backend %r" % backend)
     for offset in range(_NAME_ATTEMPTS):
         stamp = format_stamp(now + timedelta(seconds=offset))
         if os.path.lexists(os.path.join(area, SNAPSHOT_PREFIX + stamp)):
             continue
         name = INCOMPLETE_PREFIX + stamp
         try:
-            os.mkdir(os.path.join(area, name), 0o700)
+            if backend == "btrfs":
+                _as_root_or_ask(
+                    privileged, "start", name, functools.partial(start_subvolume, area, name)
+                )
+            else:
+                os.mkdir(os.path.join(area, name), 0o700)
         except FileExistsError:
             continue
         return Snapshot(name=name, time=parse_snapshot_name(name).time, complete=False)
     raise NameCollisionError("no free snapshot name near %s in %s" % (now, area))
+
+
+def _open_area(area: str) -> int:
+    if os.path.islink(area):
+        raise LayoutError("backup area %s is a symlink" % area)
+    return subvolumes.open_dir(area)
+
+
+def _open_subvolume(area_fd: int, name: str) -> int | None:
+    """The subvolume ``name`` of the area, opened; None when it is anything else."""
+    try:
+        fd = subvolumes.open_dir(name, dir_fd=area_fd)
+    except (FileNotFoundError, NotADirectoryError, OSError):
+        return None
+    try:
+        subvolumes.flags_of(fd)
+    except (subvolumes.SubvolumeError, OSError):
+        os.close(fd)
+        return None
+    return fd
+
+
+def start_subvolume(area: str, name: str) -> str:
+    """Create the incomplete subvolume ``name`` for a btrfs run (as root).
+
+    It resumes the newest interrupted run (renamed, with what it received), or
+    is a writable snapshot of ``current`` (rsync then rewrites only changed
+    blocks), or, the first time, empty. It belongs to the area's owner, the
+    laptop's account. Returns what it started from. Works on the area's file
+    descriptor and single names: the account cannot redirect root elsewhere.
+    """
+    area_fd = _open_area(area)
+    try:
+        owner = os.fstat(area_fd)
+        try:
+            os.lstat(name, dir_fd=area_fd)
+            raise FileExistsError(errno.EEXIST, "exists", name)
+        except FileNotFoundError:
+            pass
+        started = None
+        for interrupted in reversed(list_incomplete(area)):
+            fd = _open_subvolume(area_fd, interrupted.name)
+            if fd is None:
+                continue
+            writable = not subvolumes.is_readonly_fd(fd)
+            os.close(fd)
+            if writable:
+                rename_noreplace(os.path.join(area, interrupted.name), os.path.join(area, name))
+                started = "resumed " + interrupted.name
+                break
+        if started is None:
+            base = current_snapshot(area)
+            source = _open_subvolume(area_fd, base.name) if base is not None else None
+            if source is not None:
+                try:
+                    subvolumes.snapshot_at(source, area_fd, name)
+                finally:
+                    os.close(source)
+                started = "snapshot of " + base.name
+            else:
+                subvolumes.create_at(area_fd, name)
+                started = "empty"
+        fd = subvolumes.open_dir(name, dir_fd=area_fd)
+        try:
+            os.fchown(fd, owner.st_uid, owner.st_gid)
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
+        return started
+    finally:
+        os.close(area_fd)
+
+
+def seal_subvolume(area: str, name: str) -> None:
+    """Make the incomplete subvolume ``name`` root's and read-only (as root).
+
+    Only the owner of a subvolume may clear its read-only flag, so it goes to
+    root first (before the flag: a read-only subvolume cannot be chowned).
+    The laptop's account still reads it (restore) through its own area, which
+    no other account may enter. Idempotent.
+    """
+    area_fd = _open_area(area)
+    try:
+        fd = _open_subvolume(area_fd, name)
+        if fd is None:
+            raise SnapshotNotFoundError("no subvolume %s in %s" % (name, area))
+        try:
+            if subvolumes.is_readonly_fd(fd):
+                return
+            os.fchown(fd, 0, 0)
+            os.fchmod(fd, 0o755)
+            _syncfs_fd(fd)
+            subvolumes.set_readonly_fd(fd)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(area_fd)
+
+
+def discard_subvolume(area: str, name: str) -> None:
+    """Delete the incomplete subvolume ``name`` (as root); finished ones are refused."""
+    parsed = parse_snapshot_name(name)
+    if parsed is None or parsed.complete:
+        raise LayoutError("only incomplete snapshots are discarded, not %r" % name)
+    area_fd = _open_area(area)
+    try:
+        fd = _open_subvolume(area_fd, name)
+        if fd is None:
+            raise SnapshotNotFoundError("no subvolume %s in %s" % (name, area))
+        os.close(fd)
+        subvolumes.destroy_at(area_fd, name)
+    finally:
+        os.close(area_fd)
 
 
 # --- finalize ---------------------------------------------------------------
@@ -369,18 +515,41 @@ def plan_finalize(area: str, snapshot: str, update_current: bool = True) -> Fina
     )
 
 
-def apply_finalize(area: str, plan: FinalizePlan) -> None:
-    """Carry out ``plan``: flush, rename without replacing, swap ``current``."""
+def is_subvolume_snapshot(area: str, name: str) -> bool:
+    """True when the snapshot ``name`` of the area is a btrfs subvolume."""
+    area_fd = _open_area(area)
+    try:
+        fd = _open_subvolume(area_fd, name)
+        if fd is None:
+            return False
+        os.close(fd)
+        return True
+    finally:
+        os.close(area_fd)
+
+
+def apply_finalize(area: str, plan: FinalizePlan, privileged: Privileged | None = None) -> None:
+    """Carry out ``plan``: flush (btrfs: seal), rename without replacing, swap ``current``."""
     if plan.incomplete is not None:
-        sync_filesystem(os.path.join(area, plan.incomplete))
+        if is_subvolume_snapshot(area, plan.incomplete):
+            _as_root_or_ask(
+                privileged,
+                "seal",
+                plan.incomplete,
+                functools.partial(seal_subvolume, area, plan.incomplete),
+            )
+        else:
+            sync_filesystem(os.path.join(area, plan.incomplete))
         rename_noreplace(os.path.join(area, plan.incomplete), os.path.join(area, plan.final))
     if plan.current_after is not None and plan.current_after != plan.current_before:
         swap_current(area, plan.current_after)
 
 
-def finalize(area: str, snapshot: str, update_current: bool = True) -> FinalizePlan:
+def finalize(
+    area: str, snapshot: str, update_current: bool = True, privileged: Privileged | None = None
+) -> FinalizePlan:
     plan = plan_finalize(area, snapshot, update_current)
-    apply_finalize(area, plan)
+    apply_finalize(area, plan, privileged)
     return plan
 
 
@@ -417,29 +586,51 @@ def _remove_tree(path: str) -> None:
     shutil.rmtree(path, onerror=_open_up_and_retry)
 
 
-def delete_snapshot(area: str, name: str) -> str:
+def _remove_entry(area: str, name: str) -> None:
+    """Remove the directory or subvolume ``name`` of the area (a subvolume: as root)."""
+    if is_subvolume_snapshot(area, name):
+        area_fd = _open_area(area)
+        try:
+            subvolumes.destroy_at(area_fd, name)
+        finally:
+            os.close(area_fd)
+    else:
+        _remove_tree(os.path.join(area, name))
+
+
+def delete_snapshot(area: str, name: str, privileged: Privileged | None = None) -> str:
     """Delete one snapshot (finished or incomplete) crash-safely.
 
     Renamed to ``.deleting-NAME`` first (never replacing anything), then
     removed. Returns the snapshot's name. Callers decide what may go; this
-    refuses only what is not a real snapshot directory of the area.
+    refuses only what is not a real snapshot directory of the area. A laptop's
+    account asks root to discard its incomplete subvolumes (``privileged``);
+    finished ones only root deletes.
     """
     snap = parse_snapshot_name(name)
     path = os.path.join(area, name)
     if snap is None or os.path.islink(path) or not os.path.isdir(path):
         raise SnapshotNotFoundError("no snapshot %s in %s" % (name, area))
-    trash = os.path.join(area, TRASH_PREFIX + name)
-    rename_noreplace(path, trash)
-    _remove_tree(trash)
+    if privileged is not None and os.geteuid() != 0 and is_subvolume_snapshot(area, name):
+        privileged("discard", name)
+        return name
+    trash = TRASH_PREFIX + name
+    rename_noreplace(path, os.path.join(area, trash))
+    _remove_entry(area, trash)
     return name
 
 
 def finish_deletions(area: str) -> list[str]:
-    """Finish deletions a crash interrupted; return the names they had."""
+    """Finish deletions a crash interrupted; return the names they had.
+
+    Subvolumes are left to root (a laptop's account may not delete them).
+    """
     finished = []
     for entry in sorted(os.scandir(area), key=lambda e: e.name):
         if entry.name.startswith(TRASH_PREFIX) and entry.is_dir(follow_symlinks=False):
-            _remove_tree(entry.path)
+            if os.geteuid() != 0 and is_subvolume_snapshot(area, entry.name):
+                continue
+            _remove_entry(area, entry.name)
             finished.append(entry.name[len(TRASH_PREFIX) :])
     return finished
 

@@ -1,0 +1,235 @@
+# Copyright (c) 2026 linkdest.backup contributors
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""btrfs subvolumes for the ``btrfs`` storage backend (DESIGN.md, Storage backends).
+
+With this backend each snapshot is a subvolume: a run starts as a writable
+snapshot of ``current`` (an empty subvolume the first time), rsync rewrites
+only the changed blocks in place, and finalize makes it read-only. A finished
+snapshot belongs to root and is read-only at the file-system level: the
+laptop's account can neither write to it, nor turn the flag off, nor delete
+it (only the owner of a subvolume may change its flags).
+
+Everything here runs the ``btrfs`` command of btrfs-progs; the few operations
+a laptop's account may not do itself (:data:`HELPER_OPERATIONS`) go through
+``linkdest-server subvolume`` under a narrow sudo rule (server_cli.py).
+Standard library only: the server imports this file without Ansible.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+import stat
+import struct
+import subprocess
+from collections.abc import Iterable
+
+BACKENDS = ("hardlink", "btrfs")
+# The root directory of every btrfs subvolume has this inode number.
+SUBVOLUME_ROOT_INODE = 256
+# What the helper does for a laptop's account, and nothing else.
+HELPER_OPERATIONS = ("start", "seal", "discard")
+
+
+class SubvolumeError(Exception):
+    """A btrfs operation failed or the file system is not btrfs."""
+
+
+def btrfs_command() -> str:
+    for candidate in (shutil.which("btrfs"), "/usr/bin/btrfs", "/sbin/btrfs", "/bin/btrfs"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise SubvolumeError("the btrfs command is missing (install btrfs-progs)")
+
+
+def _run(*args: str) -> str:
+    result = subprocess.run(
+        [btrfs_command(), *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise SubvolumeError(
+            "btrfs %s failed: %s" % (" ".join(args), result.stderr.strip() or result.returncode)
+        )
+    return result.stdout
+
+
+def filesystem_type(path: str) -> str:
+    """The kernel's name for the file system holding ``path`` (``btrfs``, ``ext2/ext3``...)."""
+    result = subprocess.run(
+        ["stat", "--file-system", "--format=%T", "--", path],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise SubvolumeError("cannot read the file system of %s: %s" % (path, result.stderr))
+    return result.stdout.strip()
+
+
+def is_btrfs(path: str) -> bool:
+    return filesystem_type(path) == "btrfs"
+
+
+def is_subvolume(path: str, st: os.stat_result | None = None) -> bool:
+    """True for the root directory of a btrfs subvolume (never follows a symlink)."""
+    st = st if st is not None else os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_ino != SUBVOLUME_ROOT_INODE:
+        return False
+    # Inode 256 can be any directory elsewhere: ask only when it matters.
+    return is_btrfs(path)
+
+
+# --- ioctls --------------------------------------------------------------------
+# The kernel's own interface (linux/btrfs.h), on directory file descriptors and
+# single names, so that root acting in a laptop's area never resolves a path
+# the laptop's account could swap for a symlink between a check and the act.
+
+_VOL_ARGS_SIZE = 4096  # struct btrfs_ioctl_vol_args and ..._v2 are both 4096 bytes
+_NAME_MAX = 4039  # BTRFS_SUBVOL_NAME_MAX (a 4040-byte field in _v2)
+_SUBVOL_RDONLY = 1 << 1
+
+
+def _iow(nr: int, size: int) -> int:
+    return (1 << 30) | (size << 16) | (0x94 << 8) | nr
+
+
+def _ior(nr: int, size: int) -> int:
+    return (2 << 30) | (size << 16) | (0x94 << 8) | nr
+
+
+_IOC_SNAP_DESTROY = _iow(15, _VOL_ARGS_SIZE)
+_IOC_SNAP_CREATE_V2 = _iow(23, _VOL_ARGS_SIZE)
+_IOC_SUBVOL_CREATE_V2 = _iow(24, _VOL_ARGS_SIZE)
+_IOC_SUBVOL_GETFLAGS = _ior(25, 8)
+_IOC_SUBVOL_SETFLAGS = _iow(26, 8)
+
+
+def _checked_name(name: str) -> bytes:
+    raw = os.fsencode(name)
+    if not raw or b"/" in raw or raw in (b".", b"..") or len(raw) > _NAME_MAX:
+        raise SubvolumeError("not a plain subvolume name: %r" % name)
+    return raw
+
+
+def _vol_args_v2(name: str, source_fd: int = 0, flags: int = 0) -> bytearray:
+    # fd (s64), transid (u64), flags (u64), a 32-byte union, then the name.
+    buf = bytearray(_VOL_ARGS_SIZE)
+    struct.pack_into("=qQQ", buf, 0, source_fd, 0, flags)
+    raw = _checked_name(name)
+    buf[56 : 56 + len(raw)] = raw
+    return buf
+
+
+def _ioctl(fd: int, request: int, arg, what: str):
+    try:
+        return fcntl.ioctl(fd, request, arg)
+    except OSError as exc:
+        if exc.errno == errno.ENOTTY:
+            raise SubvolumeError("%s: not on btrfs" % what) from exc
+        raise
+
+
+def open_dir(path: str, dir_fd: int | None = None) -> int:
+    """Open a directory without following a symlink in its last component."""
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+
+
+def create_at(parent_fd: int, name: str) -> None:
+    """Create an empty subvolume ``name`` in the directory ``parent_fd``; never replaces."""
+    _ioctl(parent_fd, _IOC_SUBVOL_CREATE_V2, _vol_args_v2(name), "creating %s" % name)
+
+
+def snapshot_at(source_fd: int, parent_fd: int, name: str, readonly: bool = False) -> None:
+    """Snapshot the subvolume open as ``source_fd`` as ``name`` in ``parent_fd``."""
+    args = _vol_args_v2(name, source_fd, _SUBVOL_RDONLY if readonly else 0)
+    _ioctl(parent_fd, _IOC_SNAP_CREATE_V2, args, "snapshotting into %s" % name)
+
+
+def flags_of(fd: int) -> int:
+    """The subvolume flags of the subvolume root open as ``fd`` (SubvolumeError if none)."""
+    try:
+        out = _ioctl(fd, _IOC_SUBVOL_GETFLAGS, bytes(8), "reading flags")
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            raise SubvolumeError("not the root directory of a subvolume") from exc
+        raise
+    return struct.unpack("=Q", out)[0]
+
+
+def is_readonly_fd(fd: int) -> bool:
+    return bool(flags_of(fd) & _SUBVOL_RDONLY)
+
+
+def set_readonly_fd(fd: int, readonly: bool = True) -> None:
+    flags = flags_of(fd)
+    flags = flags | _SUBVOL_RDONLY if readonly else flags & ~_SUBVOL_RDONLY
+    _ioctl(fd, _IOC_SUBVOL_SETFLAGS, struct.pack("=Q", flags), "setting flags")
+
+
+def destroy_at(parent_fd: int, name: str) -> None:
+    """Delete the subvolume ``name`` of the directory ``parent_fd`` (root, or the
+    owner of a writable one on a file system mounted with user_subvol_rm_allowed)."""
+    buf = bytearray(_VOL_ARGS_SIZE)
+    raw = _checked_name(name)
+    buf[8 : 8 + len(raw)] = raw
+    _ioctl(parent_fd, _IOC_SNAP_DESTROY, buf, "deleting %s" % name)
+
+
+# --- by path (tests, the administrator's tools) ------------------------------------
+
+
+def is_readonly(path: str) -> bool:
+    fd = open_dir(path)
+    try:
+        return is_readonly_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def delete(path: str) -> None:
+    parent = open_dir(os.path.dirname(os.path.abspath(path)))
+    try:
+        destroy_at(parent, os.path.basename(path))
+    finally:
+        os.close(parent)
+
+
+def exclusive_bytes(paths: Iterable[str]) -> dict[str, int]:
+    """Bytes only each path holds (shared with no other snapshot), by ``btrfs filesystem du``."""
+    paths = list(paths)
+    if not paths:
+        return {}
+    out = _run("filesystem", "du", "-s", "--raw", "--", *paths)
+    found = {}
+    for line in out.splitlines()[1:]:
+        parts = line.split(None, 3)
+        if len(parts) == 4 and parts[1].isdigit():
+            found[parts[3]] = int(parts[1])
+    return {path: found.get(path, 0) for path in paths}
+
+
+def free_bytes(path: str) -> int | None:
+    """What btrfs estimates is free, or None when it cannot say.
+
+    statvfs on btrfs counts unallocated space as if it could all hold data;
+    ``Free (estimated)`` takes the metadata profile into account, and its
+    ``min`` is what is free if new chunks are allocated with the worst profile.
+    """
+    try:
+        out = _run("filesystem", "usage", "-b", path)
+    except SubvolumeError:
+        return None
+    for line in out.splitlines():
+        if line.strip().startswith("Free (estimated):"):
+            fields = line.split(":", 1)[1].replace("(", " ").replace(")", " ").split()
+            numbers = [int(f) for f in fields if f.isdigit()]
+            if numbers:
+                return min(numbers)
+    return None

@@ -1,0 +1,215 @@
+# Copyright (c) 2026 linkdest.backup contributors
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The btrfs backend of snapshots.py on a real btrfs file system.
+
+Each test gets a fresh loop-mounted btrfs image on this machine (root and
+btrfs-progs, which scripts/ensure-host installs; `make test` runs as root).
+The laptop's account is played by a forked child that drops to an unused uid,
+so what the kernel refuses it is really refused. The molecule scenario
+`btrfs` covers the same through sshd, rsync and sudo.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import tempfile
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.linkdest.backup.plugins.module_utils import retention, subvolumes
+from ansible_collections.linkdest.backup.plugins.module_utils import snapshots as snap
+
+ACCOUNT_UID = 64123  # no such user: the laptop's account, as the kernel sees it
+NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def drive(tmp_path):
+    if os.geteuid() != 0:
+        pytest.fail("these tests mount a btrfs image: run them as root (make test does)")
+    image = tmp_path / "drive.img"
+    # Outside pytest's root-only tmp_path, so that the account can reach it.
+    mount_point = Path(tempfile.mkdtemp(prefix="linkdest-btrfs-", dir="/var/tmp"))
+    with open(image, "wb") as handle:
+        handle.truncate(256 * 1024 * 1024)
+    subprocess.run(["mkfs.btrfs", "-q", "-f", str(image)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount_point)], check=True)
+    try:
+        mount_point.chmod(0o711)
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+        mount_point.rmdir()
+
+
+@pytest.fixture
+def area(drive):
+    path = drive / "laptop"
+    path.mkdir(mode=0o700)
+    os.chown(path, ACCOUNT_UID, ACCOUNT_UID)
+    return path
+
+
+def as_account(func, *args) -> int:
+    """Run func(*args) in a child with the account's uid; return the errno it
+    failed with, or 0."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.setgid(ACCOUNT_UID)
+            os.setuid(ACCOUNT_UID)
+            func(*args)
+        except OSError as exc:
+            code = exc.errno or 1
+        except BaseException:
+            code = 250
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def write_as_account(path, content: str) -> int:
+    def write():
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(content)
+
+    return as_account(write)
+
+
+def backup(area, content: dict[str, str], when: datetime) -> str:
+    """One run as the gate does it: start, the account writes, root seals, finalize."""
+    incoming = snap.start_incomplete(str(area), when, "btrfs")
+    root = area / incoming.name
+    assert os.lstat(root).st_uid == ACCOUNT_UID
+    for relpath, text in content.items():
+        assert write_as_account(root / relpath, text) == 0
+    for relpath in set(os.listdir(root)) - set(content):
+        os.unlink(root / relpath)  # what rsync --delete does for the laptop
+    return snap.finalize(str(area), incoming.name).final
+
+
+def test_a_run_seals_into_a_read_only_subvolume_of_root(area):
+    name = backup(area, {"a.txt": "one"}, NOW)
+
+    path = area / name
+    st = os.lstat(path)
+    assert st.st_ino == subvolumes.SUBVOLUME_ROOT_INODE
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 0, 0o755)
+    assert subvolumes.is_readonly(str(path))
+    assert snap.read_current(str(area)) == name
+    assert snap.is_subvolume_snapshot(str(area), name)
+    with pytest.raises(OSError, match="Read-only file system"):
+        (path / "a.txt").write_text("changed")
+
+
+def test_the_account_can_neither_unseal_nor_delete_a_finished_snapshot(area):
+    name = backup(area, {"a.txt": "one"}, NOW)
+    path = str(area / name)
+
+    def unseal():
+        fd = subvolumes.open_dir(path)
+        subvolumes.set_readonly_fd(fd, False)
+
+    def destroy():
+        fd = subvolumes.open_dir(str(area))
+        subvolumes.destroy_at(fd, name)
+
+    assert as_account(unseal) == errno.EPERM
+    assert as_account(destroy) in (errno.EPERM, errno.EROFS, errno.EACCES)
+    assert write_as_account(area / name / "a.txt", "x") in (errno.EACCES, errno.EROFS)
+    assert subvolumes.is_readonly(path)
+    assert (area / name / "a.txt").read_text() == "one"
+
+
+def test_the_next_run_starts_from_current_and_shares_its_blocks(area):
+    first = backup(area, {"a.txt": "one", "big.bin": "x" * 1_000_000}, NOW)
+    incoming = snap.start_incomplete(str(area), NOW + timedelta(hours=1), "btrfs")
+
+    root = area / incoming.name
+    assert (root / "big.bin").read_text() == "x" * 1_000_000
+    assert os.lstat(root).st_ino == subvolumes.SUBVOLUME_ROOT_INODE
+    assert not subvolumes.is_readonly(str(root))
+    assert os.lstat(root).st_uid == ACCOUNT_UID
+    assert write_as_account(root / "a.txt", "two") == 0
+    final = snap.finalize(str(area), incoming.name).final
+    sizes = subvolumes.exclusive_bytes([str(area / first), str(area / final)])
+    # The big file is shared: neither snapshot holds it alone.
+    assert sizes[str(area / final)] < 100_000, sizes
+    assert (area / first / "a.txt").read_text() == "one"
+    assert (area / final / "a.txt").read_text() == "two"
+
+
+def test_an_interrupted_run_is_resumed_under_the_new_name(area):
+    backup(area, {"a.txt": "one"}, NOW)
+    interrupted = snap.start_incomplete(str(area), NOW + timedelta(hours=1), "btrfs")
+    assert write_as_account(area / interrupted.name / "partial.bin", "arrived") == 0
+
+    resumed = snap.start_incomplete(str(area), NOW + timedelta(hours=2), "btrfs")
+
+    assert not (area / interrupted.name).exists()
+    assert (area / resumed.name / "partial.bin").read_text() == "arrived"
+    assert [s.name for s in snap.list_incomplete(str(area))] == [resumed.name]
+
+
+def test_planted_symlinks_never_lead_root_out_of_the_area(area, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    # The account plants the next run's name, and a symlink where current points.
+    stamp = snap.format_stamp(NOW)
+    os.symlink(outside, area / ("incomplete_back-" + stamp))
+    os.symlink(outside, area / "back-2026-11-25T00_00_00")
+    os.symlink("back-2026-11-25T00_00_00", area / "current")
+
+    incoming = snap.start_incomplete(str(area), NOW, "btrfs")
+
+    # The planted name is skipped, and the symlinked "current" is no source.
+    assert incoming.name != "incomplete_back-" + stamp
+    assert os.listdir(area / incoming.name) == []
+    assert os.listdir(outside) == []
+    with pytest.raises(snap.SnapshotError):
+        snap.discard_subvolume(str(area), "incomplete_back-" + stamp)
+    assert outside.is_dir()
+
+
+def test_discard_refuses_a_finished_snapshot(area):
+    name = backup(area, {"a.txt": "one"}, NOW)
+    with pytest.raises(snap.LayoutError):
+        snap.discard_subvolume(str(area), name)
+    with pytest.raises(snap.SnapshotNotFoundError):
+        snap.discard_subvolume(str(area), "incomplete_" + name)
+    assert (area / name / "a.txt").read_text() == "one"
+
+
+def test_root_prunes_finished_subvolumes_crash_safely(area):
+    names = [backup(area, {"a.txt": str(n)}, NOW + timedelta(minutes=n)) for n in range(4)]
+    # A deletion a crash interrupted: renamed out of the names, not yet deleted.
+    snap.rename_noreplace(str(area / names[1]), str(area / (snap.TRASH_PREFIX + names[1])))
+
+    report = retention.prune(
+        {"laptop": str(area)},
+        retention.Policy(keep_all_hours=0, daily_days=0, min_keep=1),
+        NOW + timedelta(hours=1),
+    )
+
+    assert report.areas["laptop"].finished_deletions == [names[1]]
+    assert report.areas["laptop"].removed == [names[2]]
+    assert sorted(os.listdir(area)) == sorted([names[0], names[3], "current"])
+    listed = subprocess.run(
+        ["btrfs", "subvolume", "list", str(area.parent)], capture_output=True, text=True
+    ).stdout
+    assert names[1] not in listed
+    assert names[2] not in listed
+
+
+def test_the_space_guard_reads_free_space_the_way_btrfs_counts_it(drive):
+    usage = retention.measure(str(drive))
+    statvfs = os.statvfs(drive)
+    estimated = subvolumes.free_bytes(str(drive))
+    assert estimated is not None
+    assert usage.free_bytes == min(estimated, statvfs.f_bavail * statvfs.f_frsize)
+    assert usage.total_inodes == 0  # btrfs reports no inode count: never short of inodes

@@ -11,7 +11,7 @@ BIN := $(abspath $(VENV))/bin
 COLLECTIONS := collections
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(abspath $(COLLECTIONS))
-SCENARIOS ?= default lifecycle mirror security
+SCENARIOS ?= default lifecycle mirror security btrfs
 
 .PHONY: help host venv images lint unit bad-input sanity build-check molecule test demo demo-clean bench clean
 
@@ -40,14 +40,15 @@ lint: venv host
 	$(BIN)/ansible-lint
 	$(BIN)/ruff check plugins tests molecule bench
 	$(BIN)/ruff format --check plugins tests molecule bench
-	shellcheck scripts/ensure-host scripts/demo scripts/sanity scripts/build-check scripts/molecule-all images/build .ci/run bench/*.sh
+	shellcheck scripts/ensure-host scripts/demo scripts/sanity scripts/build-check scripts/molecule-all scripts/btrfs-drive images/build .ci/run bench/*.sh
 
 unit: venv
 	$(BIN)/pytest -q tests/unit
 
-# The real site.yml against this machine in --check mode with bad settings:
-# each must stop in the first play with a message naming the variable.
-bad-input: venv
+# The real site.yml against this machine in --check mode with bad settings
+# (each must stop in the first play with a message naming the variable), and
+# the btrfs backend's library on real btrfs images (root, btrfs-progs).
+bad-input: venv host
 	$(BIN)/pytest -q tests/integration
 
 sanity: venv
@@ -71,6 +72,7 @@ bench: venv images
 	bench/run.sh
 	bench/mirror_bench.sh
 	bench/prune_bench.sh
+	bench/backends.sh
 
 clean: demo-clean
 	rm -rf $(VENV) .ansible .cache tests/output

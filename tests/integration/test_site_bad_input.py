@@ -74,6 +74,20 @@ CASES = [
         id="root-not-mounted",
     ),
     pytest.param(
+        {"backup_server_backend": "btrfs"},
+        {},
+        True,
+        "backup_server_backend is btrfs, but backup_server_root",
+        id="btrfs-backend-not-on-btrfs",
+    ),
+    pytest.param(
+        {"backup_server_backend": "zfs"},
+        {},
+        True,
+        "backup_server_backend",
+        id="unknown-backend",
+    ),
+    pytest.param(
         {},
         {"backup_client_source": "/etc/hostname"},
         True,

@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+# Copyright (c) 2026 linkdest.backup contributors
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The two storage backends on the same data in the same run (bench/backends.sh).
+
+Both take snapshots through the real server command, ``linkdest-server gate``
+run as an unprivileged account exactly as sshd's forced command runs it
+(receive, then ``finalize 0``), with the laptop's rsync options. The only
+thing left out on both sides is ssh itself: the rsync client reaches the gate
+through a local remote-shell script, so the timings are the storage work
+(rsync's receiver, the gate, the snapshot steps, btrfs's sudo hops) and not
+the network. The hard-link drive is a directory on this machine's root file
+system (ext4 here), the btrfs drive a loop-mounted image on the same disk.
+
+Cases, interleaved and in alternating order, median of the repeats: the first
+snapshot (everything sent), an unchanged one, and one after a 1 % change.
+Disk: what an unchanged snapshot adds (hard links: ``du`` counting each inode
+once, where it first meets it; btrfs: exclusive bytes, ``btrfs filesystem du``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ACCOUNT = "linkdest-bench"
+CLIENT = "bench"
+WORK = "/var/tmp/linkdest-bench"
+SUDOERS = "/etc/sudoers.d/linkdest-bench"
+LAUNCHER = WORK + "/bin/linkdest-server"
+RSH = WORK + "/bin/local-rsh"
+BACKENDS = ("hardlink", "btrfs")
+# linkdest's own rsync options (roles/backup_client/templates/.../linkdest.j2).
+OPTIONS = ["--archive", "--delete", "--numeric-ids", "--stats", "--timeout=600"]
+
+
+def run(*argv: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, check=True, **kwargs)
+
+
+def drive(backend: str) -> str:
+    return "%s/%s" % (WORK, backend)
+
+
+def area(backend: str) -> str:
+    return "%s/%s" % (drive(backend), CLIENT)
+
+
+def setup(files: int, mib: int) -> None:
+    os.makedirs(WORK + "/bin", exist_ok=True)
+    os.chmod(WORK, 0o755)
+    try:
+        pwd.getpwnam(ACCOUNT)
+    except KeyError:
+        run("useradd", "--system", "--no-create-home", "--shell", "/bin/sh", ACCOUNT)
+    with open(LAUNCHER, "w", encoding="utf-8") as handle:
+        handle.write(
+            "#!/usr/bin/python3\nimport sys\nsys.path.insert(0, %r)\n"
+            "from ansible_collections.linkdest.backup.plugins.module_utils import server_cli\n"
+            "sys.exit(server_cli.main())\n" % (REPO + "/collections")
+        )
+    os.chmod(LAUNCHER, 0o755)
+    # rsync calls: RSH HOST COMMAND...; sshd would run the forced command as
+    # the account with the command in SSH_ORIGINAL_COMMAND.
+    with open(RSH, "w", encoding="utf-8") as handle:
+        handle.write(
+            '#!/bin/sh\nshift\nexec runuser -u %s -- env SSH_ORIGINAL_COMMAND="$*"'
+            ' %s --config "$LINKDEST_BENCH_CONFIG" gate %s\n' % (ACCOUNT, LAUNCHER, CLIENT)
+        )
+    os.chmod(RSH, 0o755)
+    rule = "%s ALL=(root) NOPASSWD: %s --config %s/btrfs.json subvolume *\n" % (
+        ACCOUNT,
+        LAUNCHER,
+        WORK,
+    )
+    with open(SUDOERS + ".tmp", "w", encoding="utf-8") as handle:
+        handle.write(rule)
+    os.chmod(SUDOERS + ".tmp", 0o440)
+    run("visudo", "-cf", SUDOERS + ".tmp", stdout=subprocess.DEVNULL)
+    os.replace(SUDOERS + ".tmp", SUDOERS)
+    for backend in BACKENDS:
+        os.makedirs(drive(backend), exist_ok=True)
+        os.chmod(drive(backend), 0o711)
+    image = WORK + "/btrfs.img"
+    if not os.path.ismount(drive("btrfs")):
+        with open(image, "wb") as handle:
+            handle.truncate(max(4096, 4 * mib) * 1024 * 1024)
+        run("mkfs.btrfs", "-q", "-f", image, stdout=subprocess.DEVNULL)
+        run("mount", "-o", "loop", image, drive("btrfs"))
+        os.chmod(drive("btrfs"), 0o711)
+    for backend in BACKENDS:
+        config = dict(
+            root=drive(backend),
+            backend=backend,
+            clients={CLIENT: ACCOUNT},
+            subvolume_helper=["sudo", "-n", LAUNCHER, "--config", "%s/%s.json" % (WORK, backend)],
+            # No pruning in the way: the same snapshots stay on both sides.
+            retention=dict(keep_all_hours=1000, min_keep=1000),
+            space_guard=dict(
+                min_free_percent=0,
+                min_free_inodes_percent=0,
+                floor_free_percent=0,
+                floor_free_inodes_percent=0,
+            ),
+        )
+        with open("%s/%s.json" % (WORK, backend), "w", encoding="utf-8") as handle:
+            json.dump(config, handle)
+    source = WORK + "/source"
+    if not os.path.isdir(source):
+        os.makedirs(source)
+        run(sys.executable, REPO + "/bench/gendata.py", "create", source, str(files), str(mib))
+
+
+def reset(backend: str) -> None:
+    """An empty area, owned by the account (btrfs: every subvolume deleted)."""
+    path = area(backend)
+    if os.path.isdir(path):
+        for name in sorted(os.listdir(path)):
+            entry = os.path.join(path, name)
+            if backend == "btrfs" and os.lstat(entry).st_ino == 256:
+                run("btrfs", "subvolume", "delete", entry, stdout=subprocess.DEVNULL)
+            elif os.path.isdir(entry) and not os.path.islink(entry):
+                shutil.rmtree(entry)
+            else:
+                os.unlink(entry)
+    else:
+        os.mkdir(path, 0o700)
+    account = pwd.getpwnam(ACCOUNT)
+    os.chown(path, account.pw_uid, account.pw_gid)
+    os.sync()
+
+
+def snapshot(backend: str) -> tuple[float, float, str]:
+    """One linkdest run on ``backend``: receive, then finalize.
+
+    Returns the whole run's wall seconds, finalize's share, and the name."""
+    env = dict(os.environ, LINKDEST_BENCH_CONFIG="%s/%s.json" % (WORK, backend))
+    began = time.monotonic()
+    run(
+        "rsync",
+        *OPTIONS,
+        "-e",
+        RSH,
+        WORK + "/source/",
+        "bench:snapshot/",
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    received = time.monotonic()
+    done = run(RSH, "bench", "finalize", "0", env=env, capture_output=True, text=True)
+    ended = time.monotonic()
+    return ended - began, ended - received, done.stdout.strip()
+
+
+def added_bytes(backend: str, previous: str, name: str) -> int:
+    if backend == "btrfs":
+        out = run(
+            "btrfs",
+            "filesystem",
+            "du",
+            "-s",
+            "--raw",
+            "%s/%s" % (area(backend), name),
+            capture_output=True,
+            text=True,
+        ).stdout
+        return int(out.splitlines()[-1].split()[1])
+    out = run(
+        "du",
+        "-s",
+        "--block-size=1",
+        "%s/%s" % (area(backend), previous),
+        "%s/%s" % (area(backend), name),
+        capture_output=True,
+        text=True,
+    ).stdout
+    return int(out.splitlines()[-1].split()[0])
+
+
+def main() -> int:
+    files, mib, repeat = (int(x) for x in sys.argv[1:4])
+    setup(files, mib)
+    times: dict[tuple[str, str], list[float]] = {}
+    finalizing: dict[tuple[str, str], list[float]] = {}
+    disk: dict[str, list[int]] = {b: [] for b in BACKENDS}
+    for round_ in range(1, repeat + 1):
+        order = BACKENDS if round_ % 2 else tuple(reversed(BACKENDS))
+        names: dict[str, list[str]] = {b: [] for b in BACKENDS}
+        for backend in order:
+            reset(backend)
+        for case in ("first snapshot", "unchanged snapshot", "after 1% change"):
+            if case == "after 1% change":
+                run(
+                    sys.executable,
+                    REPO + "/bench/gendata.py",
+                    "change",
+                    WORK + "/source",
+                    str(files),
+                    str(mib),
+                    str(round_),
+                    stdout=subprocess.DEVNULL,
+                )
+            for backend in order:
+                seconds, finalize, name = snapshot(backend)
+                names[backend].append(name)
+                times.setdefault((case, backend), []).append(seconds)
+                finalizing.setdefault((case, backend), []).append(finalize)
+                print(
+                    "round %d %-18s %-8s %6.2f s (finalize %.2f s)"
+                    % (round_, case, backend, seconds, finalize),
+                    flush=True,
+                )
+        for backend in BACKENDS:
+            disk[backend].append(added_bytes(backend, *names[backend][:2]))
+    lines = [
+        "storage backends, %d files, %d MiB, median of %d (rsync %s, kernel %s)"
+        % (files, mib, repeat, rsync_version(), os.uname().release),
+        "",
+        "| case | hardlink (s) | btrfs (s) | btrfs / hardlink | finalize: hardlink, btrfs (s) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for case in ("first snapshot", "unchanged snapshot", "after 1% change"):
+        hard = statistics.median(times[(case, "hardlink")])
+        btrfs = statistics.median(times[(case, "btrfs")])
+        lines.append(
+            "| %s | %.2f | %.2f | %.2f | %.2f, %.2f |"
+            % (
+                case,
+                hard,
+                btrfs,
+                btrfs / hard,
+                statistics.median(finalizing[(case, "hardlink")]),
+                statistics.median(finalizing[(case, "btrfs")]),
+            )
+        )
+    lines += [
+        "",
+        "disk added by an unchanged snapshot: hardlink %s bytes (du), btrfs %s bytes (exclusive)"
+        % (
+            statistics.median(disk["hardlink"]),
+            statistics.median(disk["btrfs"]),
+        ),
+    ]
+    report = "\n".join(lines) + "\n"
+    os.makedirs(REPO + "/.cache", exist_ok=True)
+    with open(REPO + "/.cache/bench-backends.txt", "w", encoding="utf-8") as handle:
+        handle.write(report)
+    print()
+    print(report, end="")
+    return 0
+
+
+def rsync_version() -> str:
+    out = run("rsync", "--version", capture_output=True, text=True).stdout
+    return out.split()[2]
+
+
+def cleanup() -> None:
+    if os.path.ismount(drive("btrfs")):
+        subprocess.run(["umount", drive("btrfs")], check=False)
+    if os.path.exists(SUDOERS):
+        os.unlink(SUDOERS)
+    shutil.rmtree(WORK, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    finally:
+        cleanup()

@@ -1,0 +1,301 @@
+# Copyright (c) 2026 linkdest.backup contributors
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The btrfs backend end to end, in order: each test leaves the state the next
+expects (one laptop, one btrfs drive, real sshd, rsync, sudo and btrfs)."""
+
+import re
+import time
+
+import linkdest_testlib as lib
+import pytest
+
+CLIENT = "btrfs-laptop"
+ACCOUNT = "bk-" + CLIENT
+AREA = "%s/%s" % (lib.ROOT, CLIENT)
+SERVER_CMD = "/usr/local/sbin/linkdest-server"
+MIB = 1024 * 1024
+
+
+def run_ok(host, command: str) -> str:
+    result = host.run(command)
+    assert result.rc == 0, "%s: %s %s" % (command, result.stdout, result.stderr)
+    return result.stdout
+
+
+def as_account(server, command: str):
+    """Run a command as the laptop's account on the server: what an exploit of
+    the rsync receiver (running as that account) could do."""
+    return server.run("runuser -u %s -- %s" % (ACCOUNT, command))
+
+
+def subvolume(server, name: str) -> dict:
+    path = "%s/%s" % (AREA, name)
+    return lib.server_py(
+        server,
+        "import json, os, subprocess; st = os.lstat(%r)\n"
+        "ro = subprocess.run(['btrfs', 'property', 'get', '-ts', %r, 'ro'],"
+        " capture_output=True, text=True).stdout.strip()\n"
+        "print(json.dumps(dict(inode=st.st_ino, uid=st.st_uid, mode=oct(st.st_mode & 0o7777),"
+        " ro=ro)))" % (path, path),
+    )
+
+
+def exclusive_bytes(server, name: str) -> int:
+    out = run_ok(server, "btrfs filesystem du -s --raw %s/%s" % (AREA, name))
+    return int(out.splitlines()[-1].split()[1])
+
+
+def incomplete(server) -> list[str]:
+    return [n for n in server.file(AREA).listdir() if n.startswith("incomplete_back-")]
+
+
+def sha256(host, path: str) -> str:
+    return run_ok(host, "sha256sum %s" % path).split()[0]
+
+
+@pytest.fixture(scope="module")
+def made():
+    """Snapshot names the tests made, in order."""
+    return []
+
+
+# --- the drive and the rights --------------------------------------------------------------
+
+
+def test_the_backup_drive_is_btrfs_and_the_server_uses_it(server):
+    assert run_ok(server, "stat -f -c %%T %s" % lib.ROOT).strip() == "btrfs"
+    config = lib.server_py(server, "import json; print(open('/etc/linkdest/server.json').read())")
+    assert config["backend"] == "btrfs"
+    assert server.package("btrfs-progs").is_installed
+    assert server.package("sudo").is_installed
+
+
+def test_the_sudo_rule_allows_the_account_one_command_and_nothing_else(server):
+    rule = server.file("/etc/sudoers.d/linkdest-server")
+    assert (rule.user, rule.group, rule.mode) == ("root", "root", 0o440)
+    assert server.run("visudo -cf /etc/sudoers.d/linkdest-server").rc == 0
+    listed = run_ok(server, "sudo -l -U %s" % ACCOUNT)
+    allowed = listed.split("may run the following commands on", 1)[1].split(":", 1)[1]
+    assert allowed.strip().startswith("(root) NOPASSWD: "), listed
+    commands = allowed.strip()[len("(root) NOPASSWD: ") :].split(", ")
+    assert sorted(commands) == [
+        "%s subvolume %s incomplete_back-*" % (SERVER_CMD, operation)
+        for operation in ("discard", "seal", "start")
+    ], listed
+    for forbidden in (
+        "sudo -n /bin/sh -c id",
+        "sudo -n %s prune --all" % SERVER_CMD,
+        "sudo -n %s gate %s" % (SERVER_CMD, CLIENT),
+        "sudo -n %s subvolume discard back-2026-01-01T00_00_00" % SERVER_CMD,
+    ):
+        result = as_account(server, forbidden)
+        assert result.rc != 0, forbidden
+        assert "password is required" in result.stderr or "not allowed" in result.stderr, (
+            forbidden,
+            result.stderr,
+        )
+
+
+# --- backups -----------------------------------------------------------------------------
+
+
+def test_a_backup_is_a_read_only_subvolume_that_root_owns(laptop, server, made):
+    lib.write_file(laptop, "docs/letter.txt", "dear btrfs\n")
+    lib.write_file(laptop, "docs/script.sh", "#!/bin/sh\necho hi\n", mode="0755")
+    name = lib.backup_ok(laptop)
+    made.append(name)
+
+    info = subvolume(server, name)
+    assert info["inode"] == 256, "not a subvolume: %s" % info
+    assert info["ro"] == "ro=true"
+    assert info["uid"] == 0
+    assert server.file(AREA + "/current").linked_to == "%s/%s" % (AREA, name)
+    assert incomplete(server) == []
+    copy = "%s/%s/docs/letter.txt" % (AREA, name)
+    assert server.file(copy).content_string == "dear btrfs\n"
+    # The laptop's modes are kept the --fake-super way, as on hard links.
+    entries = lib.entries(server, CLIENT, name)
+    assert entries["docs/script.sh"]["mode"] == 0o755
+
+
+def test_a_finished_snapshot_refuses_writes_even_from_root(server, made):
+    target = "%s/%s/docs/letter.txt" % (AREA, made[0])
+    for attempt in (
+        "sh -c 'echo x >> %s'" % target,
+        "touch %s/%s/new-file" % (AREA, made[0]),
+        "chmod 0600 %s" % target,
+        "rm %s" % target,
+    ):
+        result = server.run(attempt)
+        assert result.rc != 0, attempt
+        assert "Read-only file system" in result.stderr, (attempt, result.stderr)
+    assert server.file(target).content_string == "dear btrfs\n"
+
+
+def test_the_laptops_account_can_neither_unseal_nor_delete_it(server, made):
+    path = "%s/%s" % (AREA, made[0])
+    unseal = as_account(server, "btrfs property set -ts %s ro false" % path)
+    assert unseal.rc != 0
+    assert "Operation not permitted" in unseal.stderr, unseal.stderr
+    delete = as_account(server, "btrfs subvolume delete %s" % path)
+    assert delete.rc != 0
+    # Through the helper, naming the finished snapshot as if it were incomplete.
+    stamp = made[0][len("back-") :]
+    helper = as_account(
+        server, "sudo -n %s subvolume discard incomplete_back-%s" % (SERVER_CMD, stamp)
+    )
+    assert helper.rc != 0
+    assert subvolume(server, made[0])["ro"] == "ro=true"
+    assert server.file(path + "/docs/letter.txt").content_string == "dear btrfs\n"
+
+
+def test_an_unchanged_backup_costs_no_bytes(laptop, server, made):
+    name = lib.backup_ok(laptop)
+    made.append(name)
+    assert subvolume(server, name)["ro"] == "ro=true"
+    assert exclusive_bytes(server, name) == 0
+    # snapshot_info reports the same through the shared library.
+    result = lib.run_module(
+        "btrfs-server", "linkdest.backup.snapshot_info", {"client": CLIENT, "disk_usage": True}
+    )
+    assert not result.get("failed"), result
+    sizes = {s["name"]: s["added_bytes"] for s in result["snapshots"]}
+    assert sizes[name] == 0
+
+
+def test_a_4k_change_in_a_100mb_file_stores_only_the_changed_blocks(laptop, server, made):
+    big = lib.SOURCE + "/big.bin"
+    assert lib.as_user(laptop, "head -c %d /dev/urandom > %s" % (100 * MIB, big)).rc == 0
+    first = lib.backup_ok(laptop)
+    made.append(first)
+    assert exclusive_bytes(server, first) >= 100 * MIB
+    assert (
+        lib.as_user(
+            laptop,
+            "head -c 4096 /dev/urandom | dd of=%s bs=4096 seek=12800 conv=notrunc status=none"
+            % big,
+        ).rc
+        == 0
+    )
+
+    second = lib.backup_ok(laptop)
+    made.append(second)
+
+    added = exclusive_bytes(server, second)
+    sent = int(lib.read_status(laptop)["last_bytes_sent"])
+    print(
+        "4 KiB change in 100 MiB: %d bytes exclusive to the new snapshot, %d sent" % (added, sent)
+    )
+    # About the changed block (rsync's block here is about 10 KiB), not 100 MB.
+    assert 0 < added <= 256 * 1024, added
+    assert sent < MIB, sent
+    assert sha256(server, "%s/%s/big.bin" % (AREA, second)) == sha256(laptop, big)
+    # The older snapshot still holds the old block, untouched.
+    assert sha256(server, "%s/%s/big.bin" % (AREA, first)) != sha256(laptop, big)
+
+
+def test_a_deleted_file_is_gone_from_the_next_snapshot(laptop, server, made):
+    # The run starts as a copy of current: the server deletes what the laptop deleted.
+    assert lib.as_user(laptop, "rm %s/docs/script.sh" % lib.SOURCE).rc == 0
+    name = lib.backup_ok(laptop)
+    made.append(name)
+    assert not server.file("%s/%s/docs/script.sh" % (AREA, name)).exists
+    assert server.file("%s/%s/docs/script.sh" % (AREA, made[0])).exists
+
+
+def test_a_killed_backup_is_resumed_in_its_own_subvolume(laptop, server, made):
+    files = ["resume/part%d.bin" % n for n in range(1, 5)]
+    size = 6 * MIB
+    for rel in files:
+        script = "mkdir -p %s/resume && head -c %d /dev/urandom > %s/%s" % (
+            lib.SOURCE,
+            size,
+            lib.SOURCE,
+            rel,
+        )
+        assert lib.as_user(laptop, script).rc == 0
+    lib.start_backup_detached("btrfs-laptop", 3072)
+    arrived = []
+    for _attempt in range(200):
+        pending = incomplete(server)
+        if pending:
+            arrived = [
+                rel
+                for rel in files
+                if server.file("%s/%s/%s" % (AREA, pending[-1], rel)).exists
+                and server.file("%s/%s/%s" % (AREA, pending[-1], rel)).size == size
+            ]
+            if arrived:
+                break
+        time.sleep(0.1)
+    assert arrived, "no file arrived before the kill"
+    assert laptop.run("pkill -KILL -u alice").rc == 0
+    time.sleep(2)
+    interrupted = incomplete(server)
+    assert len(interrupted) == 1, interrupted
+    assert subvolume(server, interrupted[0])["inode"] == 256
+
+    name = lib.backup_ok(laptop)
+    made.append(name)
+
+    sent = int(lib.read_status(laptop)["last_bytes_sent"])
+    assert sent < size * (len(files) - len(arrived)) + MIB, (sent, arrived)
+    for rel in files:
+        assert sha256(server, "%s/%s/%s" % (AREA, name, rel)) == sha256(
+            laptop, "%s/%s" % (lib.SOURCE, rel)
+        )
+    assert incomplete(server) == []
+    log = run_ok(server, "journalctl -q -t linkdest-server --no-pager | tail -n 40")
+    assert "started %s (resumed %s)" % ("incomplete_" + name, interrupted[0]) in log, log
+    assert lib.as_user(laptop, "rm -r %s/resume" % lib.SOURCE).rc == 0
+
+
+# --- restore, prune, space ------------------------------------------------------------------
+
+
+def test_restore_reads_from_a_btrfs_snapshot(laptop, made):
+    assert lib.as_user(laptop, "rm %s/docs/letter.txt" % lib.SOURCE).rc == 0
+    result = lib.as_user(
+        laptop,
+        "cd %s/docs && linkdest restore letter.txt --to %s/docs" % (lib.SOURCE, lib.SOURCE),
+    )
+    assert result.rc == 0, result.stdout + result.stderr
+    restored = laptop.file(lib.SOURCE + "/docs/letter.txt")
+    assert restored.content_string == "dear btrfs\n"
+    assert restored.user == "alice"
+
+
+def test_prune_deletes_the_subvolumes_thinning_removes(server, made):
+    before = lib.snapshot_names(server, CLIENT)
+    assert before == sorted(made)
+    # All made minutes apart: with no hourly or daily tier, one a week stays
+    # (the first of the week), plus the newest.
+    args = {"client": CLIENT, "keep_all_hours": 0, "daily_days": 0, "min_keep": 1}
+    dry = lib.run_module("btrfs-server", "linkdest.backup.snapshot_prune", args, check=True)
+    assert not dry.get("failed"), dry
+    assert lib.snapshot_names(server, CLIENT) == before
+    result = lib.run_module("btrfs-server", "linkdest.backup.snapshot_prune", args)
+    assert not result.get("failed"), result
+    assert result["removed"] == dry["removed"]
+    assert len(result["removed"]) >= len(before) - 3, result["removed"]
+    after = lib.snapshot_names(server, CLIENT)
+    assert after == [n for n in before if n not in result["removed"]]
+    assert before[-1] in after
+    listed = run_ok(server, "btrfs subvolume list %s" % lib.ROOT)
+    for name in result["removed"]:
+        assert name not in listed
+    assert not [n for n in server.file(AREA).listdir() if n.startswith(".deleting-")]
+
+
+def test_the_space_guard_measures_what_btrfs_says_is_free(server):
+    code = (
+        "import json, sys; sys.path.insert(0, '/usr/local/lib/linkdest')\n"
+        "from ansible_collections.linkdest.backup.plugins.module_utils import retention\n"
+        "print(json.dumps(retention.measure(%r).free_bytes))" % lib.ROOT
+    )
+    measured = lib.server_py(server, code)
+    usage = run_ok(server, "btrfs filesystem usage -b %s 2>/dev/null" % lib.ROOT)
+    line = next(x for x in usage.splitlines() if x.strip().startswith("Free (estimated):"))
+    estimated = min(int(n) for n in re.findall(r"\d+", line))
+    # Within a few MiB: btrfs may have written metadata between the two reads.
+    assert abs(measured - estimated) < 8 * MIB, (measured, estimated)

@@ -69,7 +69,7 @@ def as_account(func, *args) -> int:
         except BaseException:
             code = 250
         os._exit(code)
-    _, status = os.waitpid(pid, 0)
+    _pid, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
 
 
@@ -200,7 +200,10 @@ def test_root_prunes_finished_subvolumes_crash_safely(area):
     assert report.areas["laptop"].removed == [names[2]]
     assert sorted(os.listdir(area)) == sorted([names[0], names[3], "current"])
     listed = subprocess.run(
-        ["btrfs", "subvolume", "list", str(area.parent)], capture_output=True, text=True
+        ["btrfs", "subvolume", "list", str(area.parent)],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert names[1] not in listed
     assert names[2] not in listed

@@ -2,8 +2,6 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """An interrupted backup is resumed by the next run, not sent again."""
 
-import time
-
 import linkdest_testlib as lib
 
 MIB = 1024 * 1024
@@ -17,32 +15,8 @@ def _incomplete_dirs(server):
 
 
 def test_a_killed_backup_is_resumed_and_sends_only_what_was_missing(laptop_b, server):
-    for rel in FILES:
-        script = "mkdir -p %s/resume && head -c %d /dev/urandom > %s/%s" % (
-            lib.SOURCE,
-            SIZE,
-            lib.SOURCE,
-            rel,
-        )
-        assert lib.as_user(laptop_b, script).rc == 0
-    # A slow first run (3 MiB/s), killed once the first file has fully arrived.
-    lib.start_backup_detached("laptop-b", 3072)
-    arrived = []
-    for _attempt in range(200):
-        pending = _incomplete_dirs(server)
-        if pending:
-            arrived = [
-                rel
-                for rel in FILES
-                if server.file("%s/laptop-b/%s/%s" % (lib.ROOT, pending[-1], rel)).exists
-            ]
-            if arrived:
-                break
-        time.sleep(0.1)
-    assert arrived, "no file arrived before the kill"
-    # Kill the whole run (linkdest, rsync, ssh) as a laptop that drops away would.
-    assert laptop_b.run("pkill -KILL -u alice").rc == 0
-    time.sleep(2)
+    # A slow first run, killed once the first file has fully arrived.
+    arrived = lib.kill_a_backup_midway(laptop_b, server, "laptop-b", FILES, SIZE)
     assert _incomplete_dirs(server), "the interrupted run left no incomplete snapshot"
     arrived_bytes = SIZE * len(arrived)
 

@@ -22,12 +22,6 @@ SERVER_CMD = "/usr/local/sbin/linkdest-server"
 MIB = 1024 * 1024
 
 
-def run_ok(host, command: str) -> str:
-    result = host.run(command)
-    assert result.rc == 0, "%s: %s %s" % (command, result.stdout, result.stderr)
-    return result.stdout
-
-
 def finished(server) -> list[str]:
     return lib.snapshot_names(server, CLIENT)
 
@@ -55,7 +49,7 @@ def area_state(server) -> dict:
 
 
 def inode(server, path: str) -> int:
-    return int(run_ok(server, "stat -c %%i %s" % path).strip())
+    return int(lib.run_ok(server, "stat -c %%i %s" % path).strip())
 
 
 def journal(server) -> list[dict]:
@@ -73,8 +67,8 @@ def lines_about(out: list[str], prefix: str) -> list[str]:
 def test_the_backup_drive_is_a_small_mount_of_its_own(server):
     assert server.mount_point(lib.ROOT).exists
     assert server.mount_point(lib.ROOT).filesystem == "tmpfs"
-    total = int(run_ok(server, "stat -f -c %%b %s" % lib.ROOT)) * int(
-        run_ok(server, "stat -f -c %%S %s" % lib.ROOT)
+    total = int(lib.run_ok(server, "stat -f -c %%b %s" % lib.ROOT)) * int(
+        lib.run_ok(server, "stat -f -c %%S %s" % lib.ROOT)
     )
     assert total == 64 * MIB
 
@@ -85,7 +79,7 @@ def test_the_article_tree_is_adopted_by_the_laptops_account(server, article):
     assert area.user == ACCOUNT
     assert area.mode == 0o700
     # Nothing in the area belongs to the article's user any more ...
-    leftover = run_ok(server, "find %s ! -user %s -printf '%%p\\n'" % (AREA, ACCOUNT))
+    leftover = lib.run_ok(server, "find %s ! -user %s -printf '%%p\\n'" % (AREA, ACCOUNT))
     assert leftover == ""
     # ... and each file keeps its old owner and mode the way rsync --fake-super does.
     xattr = lib.server_py(
@@ -93,19 +87,19 @@ def test_the_article_tree_is_adopted_by_the_laptops_account(server, article):
         "import os, json; print(json.dumps(os.getxattr(%r, 'user.rsync.%%stat').decode()))"
         % ("%s/%s/notes/old.txt" % (AREA, names[-1])),
     )
-    uid = run_ok(server, "id -u alice").strip()
-    gid = run_ok(server, "id -g alice").strip()
+    uid = lib.run_ok(server, "id -u alice").strip()
+    gid = lib.run_ok(server, "id -g alice").strip()
     assert xattr == "100644 0,0 %s:%s" % (uid, gid)
     # The article's absolute `current` is read as it is.
     assert server.file(AREA + "/current").linked_to == "%s/%s" % (AREA, names[-1])
-    assert run_ok(server, "readlink %s/current" % AREA).startswith("/")
-    listing = run_ok(server, "%s list %s" % (SERVER_CMD, CLIENT)).splitlines()
+    assert lib.run_ok(server, "readlink %s/current" % AREA).startswith("/")
+    listing = lib.run_ok(server, "%s list %s" % (SERVER_CMD, CLIENT)).splitlines()
     assert listing == names[:-1] + [names[-1] + " current"]
 
 
 def test_a_second_adoption_changes_nothing(server):
     before = area_state(server)
-    assert run_ok(server, "%s adopt %s" % (SERVER_CMD, CLIENT)) == ""
+    assert lib.run_ok(server, "%s adopt %s" % (SERVER_CMD, CLIENT)) == ""
     assert area_state(server) == before
 
 
@@ -117,7 +111,7 @@ def test_prune_dry_run_explains_every_snapshot_and_changes_nothing(server, artic
     day = second[len("back-") : len("back-") + 10]
     before = area_state(server)
 
-    out = run_ok(server, "%s prune --dry-run %s" % (SERVER_CMD, CLIENT)).splitlines()
+    out = lib.run_ok(server, "%s prune --dry-run %s" % (SERVER_CMD, CLIENT)).splitlines()
 
     assert area_state(server) == before
     ours = lines_about(out, CLIENT + " back-")
@@ -128,7 +122,7 @@ def test_prune_dry_run_explains_every_snapshot_and_changes_nothing(server, artic
     assert decisions[fourth] == "keep: newest"
     assert "%s: 3 kept, 1 to remove (dry run, nothing changed)" % CLIENT in out
     # --all reads the same decisions for every laptop.
-    everyone = run_ok(server, "%s prune --all --dry-run" % SERVER_CMD).splitlines()
+    everyone = lib.run_ok(server, "%s prune --all --dry-run" % SERVER_CMD).splitlines()
     assert lines_about(everyone, CLIENT + " back-") == ours
     assert area_state(server) == before
 
@@ -237,7 +231,7 @@ def test_below_the_hard_floor_a_backup_is_refused_and_the_laptop_says_why(laptop
     before = finished(server)
     # Leave about 6 MiB free: below the 15% (9.6 MiB) floor.
     filler = "%s/filler" % lib.ROOT
-    run_ok(
+    lib.run_ok(
         server,
         "head -c $(( $(stat -f -c '%%a * %%S' %s) - 6 * %d )) /dev/zero > %s"
         % (lib.ROOT, MIB, filler),
@@ -253,10 +247,10 @@ def test_below_the_hard_floor_a_backup_is_refused_and_the_laptop_says_why(laptop
         assert status["last_exit"] != "0"
         assert finished(server) == before
         assert not [n for n in server.file(AREA).listdir() if n.startswith("incomplete_")]
-        syslog = run_ok(server, "journalctl -q -t linkdest-server --no-pager | tail -n 20")
+        syslog = lib.run_ok(server, "journalctl -q -t linkdest-server --no-pager | tail -n 20")
         assert "is nearly full" in syslog
     finally:
-        run_ok(server, "rm -f %s" % filler)
+        lib.run_ok(server, "rm -f %s" % filler)
     # With room again, the next backup goes through.
     assert lib.backup_ok(laptop) in finished(server)
 

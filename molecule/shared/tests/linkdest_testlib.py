@@ -70,6 +70,47 @@ def start_backup_detached(container: str, bwlimit_kib: int) -> None:
     )
 
 
+def run_ok(host, command: str) -> str:
+    """Run a command that must succeed; return its standard output."""
+    result = host.run(command)
+    assert result.rc == 0, "%s: %s %s" % (command, result.stdout, result.stderr)
+    return result.stdout
+
+
+def kill_a_backup_midway(laptop, server, client: str, relpaths, size: int) -> list[str]:
+    """Write ``relpaths`` under the source (``size`` random bytes each), start a
+    slow backup (3 MiB/s) and kill the whole run (linkdest, rsync, ssh), as a
+    laptop that drops away would, once at least one file has fully arrived in
+    the incomplete snapshot. Returns the relpaths that had arrived."""
+    for rel in relpaths:
+        script = "mkdir -p %s && head -c %d /dev/urandom > %s/%s" % (
+            os.path.dirname("%s/%s" % (SOURCE, rel)),
+            size,
+            SOURCE,
+            rel,
+        )
+        assert as_user(laptop, script).rc == 0
+    start_backup_detached(client, 3072)
+    area = "%s/%s" % (ROOT, client)
+    arrived = []
+    for _attempt in range(200):
+        pending = sorted(n for n in server.file(area).listdir() if n.startswith("incomplete_"))
+        if pending:
+            arrived = [
+                rel
+                for rel in relpaths
+                if server.file("%s/%s/%s" % (area, pending[-1], rel)).exists
+                and server.file("%s/%s/%s" % (area, pending[-1], rel)).size == size
+            ]
+            if arrived:
+                break
+        time.sleep(0.1)
+    assert arrived, "no file arrived before the kill"
+    assert laptop.run("pkill -KILL -u %s" % USER).rc == 0
+    time.sleep(2)
+    return arrived
+
+
 def backup(host, env: str = "", retry_busy: bool = True):
     """Run `linkdest backup` as the user. The laptops' real cron job may be
     running at that moment (every 30 minutes): then wait for it and run again,

@@ -58,6 +58,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from ansible_collections.linkdest.backup.plugins.module_utils import snapshots as snap
+from ansible_collections.linkdest.backup.plugins.module_utils import subvolumes
 
 CONFIG_PATH = "/etc/linkdest/mirror.json"
 STATE_DIR = "/var/lib/linkdest-mirror"
@@ -738,8 +739,105 @@ class CopyResult:
     message: str = ""
 
 
+def can_send(config: Config, source_area: str, name: str) -> bool:
+    """True when ``name`` can go by ``btrfs send``: a read-only subvolume on a
+    btrfs source, and a btrfs destination."""
+    if not snap.is_subvolume_snapshot(source_area, name):
+        return False
+    try:
+        if not subvolumes.is_readonly(os.path.join(source_area, name)):
+            return False
+        return subvolumes.is_btrfs(config.destination)
+    except (OSError, subvolumes.SubvolumeError):
+        return False
+
+
+def send_parent(name: str, source_area: str, dest_area: str) -> str | None:
+    """The newest snapshot before ``name`` that both drives hold as subvolumes:
+    ``btrfs send -p`` then sends only the blocks that differ from it."""
+    for candidate in reversed([n for n in finished_names(dest_area) if n < name]):
+        if snap.is_subvolume_snapshot(dest_area, candidate) and snap.is_subvolume_snapshot(
+            source_area, candidate
+        ):
+            return candidate
+    return None
+
+
+def is_partial_receive(dest_area: str, name: str) -> bool:
+    """A writable subvolume under a snapshot's name on the mirror: what an
+    interrupted ``btrfs receive`` leaves (it sets read-only only at the end)."""
+    if not snap.is_subvolume_snapshot(dest_area, name):
+        return False
+    return not subvolumes.is_readonly(os.path.join(dest_area, name))
+
+
+def discard_partial_receives(dest_area: str) -> list[str]:
+    """Remove what interrupted receives left; return their names."""
+    gone = []
+    for name in finished_names(dest_area):
+        if is_partial_receive(dest_area, name):
+            snap.delete_snapshot(dest_area, name)
+            gone.append(name)
+    return gone
+
+
+def send_snapshot(
+    config: Config, source_area: str, dest_area: str, name: str, parent: str | None
+) -> CopyResult:
+    """Copy one read-only subvolume with ``btrfs send | btrfs receive``.
+
+    ``btrfs receive`` names the subvolume after the source's and a read-only
+    subvolume cannot move to another directory, so it is received under its
+    final name; it is complete only once read-only, which the receiver sets
+    last. What a failed or interrupted receive leaves is writable and removed
+    (here, or by the next run before it plans).
+    """
+    btrfs = subvolumes.btrfs_command()
+    send_argv = [btrfs, "send", "-q"]
+    if parent is not None:
+        send_argv += ["-p", os.path.join(source_area, parent)]
+    send_argv.append(os.path.join(source_area, name))
+    sender = subprocess.Popen(send_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    receiver = subprocess.Popen(
+        [btrfs, "receive", "-q", dest_area], stdin=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    sent = 0
+    try:
+        while True:
+            chunk = sender.stdout.read(1 << 20)
+            if not chunk:
+                break
+            sent += len(chunk)
+            receiver.stdin.write(chunk)
+    except BrokenPipeError:
+        pass
+    finally:
+        receiver.stdin.close()
+    receive_error = receiver.stderr.read().decode(errors="replace")
+    send_error = sender.stderr.read().decode(errors="replace")
+    codes = (sender.wait(), receiver.wait())
+    complete = snap.is_subvolume_snapshot(dest_area, name) and not is_partial_receive(
+        dest_area, name
+    )
+    if codes != (0, 0) or not complete:
+        if is_partial_receive(dest_area, name):
+            snap.delete_snapshot(dest_area, name)
+        tail = " | ".join((send_error + receive_error).strip().splitlines()[-STDERR_TAIL_LINES:])
+        return CopyResult(name, False, 0, sent, "btrfs send/receive exit %s: %s" % (codes, tail))
+    snap.sync_filesystem(dest_area)
+    return CopyResult(name, True, 0, sent)
+
+
 def copy_snapshot(config: Config, source_area: str, dest_area: str, name: str) -> CopyResult:
-    """Copy one finished snapshot; it gets its final name only when complete."""
+    """Copy one finished snapshot; it gets its final name only when complete.
+
+    Between two btrfs drives a read-only snapshot goes by ``btrfs send``
+    (incremental against the newest snapshot both hold); otherwise by rsync.
+    """
+    if can_send(config, source_area, name):
+        return send_snapshot(
+            config, source_area, dest_area, name, send_parent(name, source_area, dest_area)
+        )
     temp = COPY_PREFIX + name
     resume = RESUME_PREFIX + name
     link_dests = link_dests_for(name, finished_names(dest_area))
@@ -946,6 +1044,9 @@ def mirror_area(
             return contextlib.nullcontext()
         return source_area_lock(source_area, config.lock_timeout, dry_run)
 
+    if not dry_run and _is_real_dir(dest_area):
+        for name in discard_partial_receives(dest_area):
+            log("removed %s/%s (an interrupted btrfs receive)" % (area, name))
     with locked():
         plan = plan_area(source_area, dest_area, config.max_removed_percent, allow_removals)
     if dry_run:

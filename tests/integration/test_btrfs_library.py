@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 import tempfile
 from datetime import datetime, timedelta, timezone
@@ -20,18 +21,17 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.linkdest.backup.plugins.module_utils import retention, subvolumes
+from ansible_collections.linkdest.backup.plugins.module_utils import mirror, retention, subvolumes
 from ansible_collections.linkdest.backup.plugins.module_utils import snapshots as snap
 
 ACCOUNT_UID = 64123  # no such user: the laptop's account, as the kernel sees it
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=timezone.utc)
 
 
-@pytest.fixture
-def drive(tmp_path):
+def _btrfs_drive(tmp_path, name):
     if os.geteuid() != 0:
         pytest.fail("these tests mount a btrfs image: run them as root (make test does)")
-    image = tmp_path / "drive.img"
+    image = tmp_path / (name + ".img")
     # Outside pytest's root-only tmp_path, so that the account can reach it.
     mount_point = Path(tempfile.mkdtemp(prefix="linkdest-btrfs-", dir="/var/tmp"))
     with open(image, "wb") as handle:
@@ -44,6 +44,16 @@ def drive(tmp_path):
     finally:
         subprocess.run(["umount", str(mount_point)], check=True)
         mount_point.rmdir()
+
+
+@pytest.fixture
+def drive(tmp_path):
+    yield from _btrfs_drive(tmp_path, "drive")
+
+
+@pytest.fixture
+def mirror_drive(tmp_path):
+    yield from _btrfs_drive(tmp_path, "mirror")
 
 
 @pytest.fixture
@@ -216,3 +226,76 @@ def test_the_space_guard_reads_free_space_the_way_btrfs_counts_it(drive):
     assert estimated is not None
     assert usage.free_bytes == min(estimated, statvfs.f_bavail * statvfs.f_frsize)
     assert usage.total_inodes == 0  # btrfs reports no inode count: never short of inodes
+
+
+def test_the_mirror_sends_read_only_snapshots_incrementally_between_btrfs_drives(
+    area, mirror_drive
+):
+    names = [backup(area, {"big.bin": "x" * 2_000_000, "a.txt": "one"}, NOW)]
+    # The next run changes a.txt only; big.bin's blocks stay shared.
+    incoming = snap.start_incomplete(str(area), NOW + timedelta(hours=1), "btrfs")
+    assert write_as_account(area / incoming.name / "a.txt", "two") == 0
+    names.append(snap.finalize(str(area), incoming.name).final)
+    config = mirror.Config(source=str(area.parent), destination=str(mirror_drive))
+    result = mirror.RunResult()
+
+    mirror.mirror_area(config, "laptop", result)
+
+    dest = mirror_drive / "laptop"
+    assert result.copied == 2
+    assert result.problems == []
+    for name in names:
+        assert subvolumes.is_readonly(str(dest / name))
+        assert os.lstat(dest / name).st_ino == subvolumes.SUBVOLUME_ROOT_INODE
+    assert (dest / names[0] / "a.txt").read_text() == "one"
+    assert (dest / names[1] / "a.txt").read_text() == "two"
+    assert snap.read_current(str(dest)) == names[1]
+    # The second went as a difference against the first: big.bin once, not twice.
+    assert 2_000_000 < result.bytes < 2_000_000 + 200_000, result.bytes
+    assert [n for n in os.listdir(dest) if n.startswith(".")] in ([], [".linkdest-journal"])
+
+    # A snapshot pruned on the source goes from the mirror too.
+    snap.delete_snapshot(str(area), names[0])
+    again = mirror.RunResult()
+    mirror.mirror_area(config, "laptop", again, allow_removals=True)
+    assert again.removed == 1
+    assert snap.list_snapshots(str(dest))[-1].name == names[1]
+    assert [s.name for s in snap.list_snapshots(str(dest))] == [names[1]]
+
+
+def test_the_mirror_copies_by_rsync_when_the_destination_is_not_btrfs(area, tmp_path):
+    name = backup(area, {"a.txt": "one"}, NOW)
+    plain = Path(tempfile.mkdtemp(prefix="linkdest-mirror-", dir="/var/tmp"))
+    try:
+        config = mirror.Config(source=str(area.parent), destination=str(plain))
+        result = mirror.RunResult()
+        mirror.mirror_area(config, "laptop", result)
+        assert result.copied == 1
+        assert result.problems == []
+        assert (plain / "laptop" / name / "a.txt").read_text() == "one"
+        assert not mirror.can_send(config, str(area), name)
+    finally:
+        shutil.rmtree(plain)
+
+
+def test_an_interrupted_receive_is_removed_and_sent_again(area, mirror_drive):
+    name = backup(area, {"a.txt": "one"}, NOW)
+    dest = mirror_drive / "laptop"
+    dest.mkdir()
+    # What a receive killed halfway leaves: a writable subvolume, the final name.
+    fd = subvolumes.open_dir(str(dest))
+    try:
+        subvolumes.create_at(fd, name)
+    finally:
+        os.close(fd)
+    (dest / name / "half.txt").write_text("partial")
+    config = mirror.Config(source=str(area.parent), destination=str(mirror_drive))
+    result = mirror.RunResult()
+    said = []
+
+    mirror.mirror_area(config, "laptop", result, log=lambda message, *_: said.append(message))
+
+    assert result.copied == 1
+    assert "removed laptop/%s (an interrupted btrfs receive)" % name in said
+    assert sorted(os.listdir(dest / name)) == ["a.txt"]
+    assert subvolumes.is_readonly(str(dest / name))

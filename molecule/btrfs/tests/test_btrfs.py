@@ -4,7 +4,6 @@
 expects (one laptop, one btrfs drive, real sshd, rsync, sudo and btrfs)."""
 
 import re
-import time
 
 import linkdest_testlib as lib
 import pytest
@@ -14,12 +13,6 @@ ACCOUNT = "bk-" + CLIENT
 AREA = "%s/%s" % (lib.ROOT, CLIENT)
 SERVER_CMD = "/usr/local/sbin/linkdest-server"
 MIB = 1024 * 1024
-
-
-def run_ok(host, command: str) -> str:
-    result = host.run(command)
-    assert result.rc == 0, "%s: %s %s" % (command, result.stdout, result.stderr)
-    return result.stdout
 
 
 def as_account(server, command: str):
@@ -41,7 +34,7 @@ def subvolume(server, name: str) -> dict:
 
 
 def exclusive_bytes(server, name: str) -> int:
-    out = run_ok(server, "btrfs filesystem du -s --raw %s/%s" % (AREA, name))
+    out = lib.run_ok(server, "btrfs filesystem du -s --raw %s/%s" % (AREA, name))
     return int(out.splitlines()[-1].split()[1])
 
 
@@ -50,7 +43,7 @@ def incomplete(server) -> list[str]:
 
 
 def sha256(host, path: str) -> str:
-    return run_ok(host, "sha256sum %s" % path).split()[0]
+    return lib.run_ok(host, "sha256sum %s" % path).split()[0]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +56,7 @@ def made():
 
 
 def test_the_backup_drive_is_btrfs_and_the_server_uses_it(server):
-    assert run_ok(server, "stat -f -c %%T %s" % lib.ROOT).strip() == "btrfs"
+    assert lib.run_ok(server, "stat -f -c %%T %s" % lib.ROOT).strip() == "btrfs"
     config = lib.server_py(server, "import json; print(open('/etc/linkdest/server.json').read())")
     assert config["backend"] == "btrfs"
     assert server.package("btrfs-progs").is_installed
@@ -74,7 +67,7 @@ def test_the_sudo_rule_allows_the_account_one_command_and_nothing_else(server):
     rule = server.file("/etc/sudoers.d/linkdest-server")
     assert (rule.user, rule.group, rule.mode) == ("root", "root", 0o440)
     assert server.run("visudo -cf /etc/sudoers.d/linkdest-server").rc == 0
-    listed = run_ok(server, "sudo -l -U %s" % ACCOUNT)
+    listed = lib.run_ok(server, "sudo -l -U %s" % ACCOUNT)
     allowed = listed.split("may run the following commands on", 1)[1].split(":", 1)[1]
     assert allowed.strip().startswith("(root) NOPASSWD: "), listed
     commands = allowed.strip()[len("(root) NOPASSWD: ") :].split(", ")
@@ -206,31 +199,7 @@ def test_a_deleted_file_is_gone_from_the_next_snapshot(laptop, server, made):
 def test_a_killed_backup_is_resumed_in_its_own_subvolume(laptop, server, made):
     files = ["resume/part%d.bin" % n for n in range(1, 5)]
     size = 6 * MIB
-    for rel in files:
-        script = "mkdir -p %s/resume && head -c %d /dev/urandom > %s/%s" % (
-            lib.SOURCE,
-            size,
-            lib.SOURCE,
-            rel,
-        )
-        assert lib.as_user(laptop, script).rc == 0
-    lib.start_backup_detached("btrfs-laptop", 3072)
-    arrived = []
-    for _attempt in range(200):
-        pending = incomplete(server)
-        if pending:
-            arrived = [
-                rel
-                for rel in files
-                if server.file("%s/%s/%s" % (AREA, pending[-1], rel)).exists
-                and server.file("%s/%s/%s" % (AREA, pending[-1], rel)).size == size
-            ]
-            if arrived:
-                break
-        time.sleep(0.1)
-    assert arrived, "no file arrived before the kill"
-    assert laptop.run("pkill -KILL -u alice").rc == 0
-    time.sleep(2)
+    arrived = lib.kill_a_backup_midway(laptop, server, CLIENT, files, size)
     interrupted = incomplete(server)
     assert len(interrupted) == 1, interrupted
     assert subvolume(server, interrupted[0])["inode"] == 256
@@ -245,9 +214,60 @@ def test_a_killed_backup_is_resumed_in_its_own_subvolume(laptop, server, made):
             laptop, "%s/%s" % (lib.SOURCE, rel)
         )
     assert incomplete(server) == []
-    log = run_ok(server, "journalctl -q -t linkdest-server --no-pager | tail -n 40")
+    log = lib.run_ok(server, "journalctl -q -t linkdest-server --no-pager | tail -n 40")
     assert "started %s (resumed %s)" % ("incomplete_" + name, interrupted[0]) in log, log
     assert lib.as_user(laptop, "rm -r %s/resume" % lib.SOURCE).rc == 0
+
+
+# --- attacks with the laptop's own key ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    ["--inplace", "--append", "--remote-option=--inplace", "--link-dest=../back-x", "-K"],
+)
+def test_forbidden_rsync_options_are_refused_and_change_nothing(laptop, server, options):
+    before = lib.fingerprint(server)
+    result = lib.as_user(
+        laptop,
+        "rsync -a %s %s %s/ linkdest-server:snapshot/" % (options, lib.RSYNC_SSH, lib.SOURCE),
+    )
+    assert result.rc != 0
+    assert "refused" in result.stdout + result.stderr, result.stderr
+    assert lib.fingerprint_diff(before, lib.fingerprint(server)) == []
+    assert incomplete(server) == []
+
+
+def test_rewriting_every_file_in_place_leaves_older_snapshots_as_they_were(laptop, server, made):
+    # --inplace on the server writes into files whose blocks older snapshots
+    # share: copy-on-write must keep every older snapshot bit for bit.
+    before = lib.fingerprint(server)
+    script = (
+        "find %s -type f -exec sh -c"
+        " 'printf RANSOM | dd of=\"$1\" conv=notrunc status=none' _ {} ';'" % lib.SOURCE
+    )
+    assert lib.as_user(laptop, script).rc == 0
+    name = lib.backup_ok(laptop)
+    made.append(name)
+    after = lib.fingerprint(server)
+    old = before["areas"][CLIENT]["files"]
+    kept = {k: v for k, v in after["areas"][CLIENT]["files"].items() if k.split("/")[0] != name}
+    assert kept == old, [k for k in old if kept.get(k) != old[k]][:10]
+    letter = "%s/%s/docs/letter.txt" % (AREA, name)
+    assert server.file(letter).content_string.startswith("RANSOM")
+    assert server.file("%s/%s/docs/letter.txt" % (AREA, made[0])).content_string == "dear btrfs\n"
+
+
+def test_a_planted_current_symlink_is_stored_inert(laptop, server, made):
+    assert lib.as_user(laptop, "ln -sfn /etc %s/current" % lib.SOURCE).rc == 0
+    name = lib.backup_ok(laptop)
+    made.append(name)
+    entry = lib.entries(server, CLIENT, name)["current"]
+    assert entry["type"] == "link"
+    assert entry["link"] == "/etc"
+    assert entry["server_type"] == "other"  # a plain file on the server: nothing follows it
+    assert server.file(AREA + "/current").linked_to == "%s/%s" % (AREA, name)
+    assert lib.as_user(laptop, "rm %s/current" % lib.SOURCE).rc == 0
 
 
 # --- restore, prune, space ------------------------------------------------------------------
@@ -257,12 +277,72 @@ def test_restore_reads_from_a_btrfs_snapshot(laptop, made):
     assert lib.as_user(laptop, "rm %s/docs/letter.txt" % lib.SOURCE).rc == 0
     result = lib.as_user(
         laptop,
-        "cd %s/docs && linkdest restore letter.txt --to %s/docs" % (lib.SOURCE, lib.SOURCE),
+        # As it was in the first snapshot, before the ransomware test rewrote it.
+        "cd %s/docs && linkdest restore letter.txt --at %s --to %s/docs"
+        % (lib.SOURCE, made[0], lib.SOURCE),
     )
     assert result.rc == 0, result.stdout + result.stderr
     restored = laptop.file(lib.SOURCE + "/docs/letter.txt")
     assert restored.content_string == "dear btrfs\n"
     assert restored.user == "alice"
+
+
+def mirror_summary(server) -> dict:
+    lines = [
+        line
+        for line in server.file("/var/log/linkdest-mirror.log").content_string.splitlines()
+        if ": areas=" in line
+    ]
+    return dict(re.findall(r"\b(\w+)=(\S+)", lines[-1]))
+
+
+def test_the_mirror_sends_each_snapshot_with_btrfs_send(laptop, server, made):
+    mirrored = "/media/mirror_drive/" + CLIENT
+    result = server.run("%s mirror" % SERVER_CMD)
+    assert result.rc == 0, result.stdout + result.stderr
+    source_names = lib.snapshot_names(server, CLIENT)
+    assert (
+        lib.server_py(
+            server,
+            "import os, json; print(json.dumps(sorted(n for n in os.listdir(%r)"
+            " if n.startswith('back-'))))" % mirrored,
+        )
+        == source_names
+    )
+    for name in (source_names[0], source_names[-1]):
+        info = lib.server_py(
+            server,
+            "import os, json, subprocess; p = %r; st = os.lstat(p)\n"
+            "ro = subprocess.run(['btrfs', 'property', 'get', '-ts', p, 'ro'],"
+            " capture_output=True, text=True).stdout.strip()\n"
+            "print(json.dumps([st.st_ino, ro]))" % ("%s/%s" % (mirrored, name)),
+        )
+        assert info == [256, "ro=true"], (name, info)
+    newest = source_names[-1]
+    assert sha256(server, "%s/%s/big.bin" % (mirrored, newest)) == sha256(
+        server, "%s/%s/big.bin" % (AREA, newest)
+    )
+    assert server.file(mirrored + "/current").linked_to == "%s/%s" % (mirrored, newest)
+
+    # One more snapshot with a 4 KiB change: the mirror sends the difference.
+    assert (
+        lib.as_user(
+            laptop,
+            "head -c 4096 /dev/urandom | dd of=%s/big.bin bs=4096 seek=100 conv=notrunc"
+            " status=none" % lib.SOURCE,
+        ).rc
+        == 0
+    )
+    made.append(lib.backup_ok(laptop))
+    again = server.run("%s mirror" % SERVER_CMD)
+    assert again.rc == 0, again.stdout + again.stderr
+    fields = mirror_summary(server)
+    print("mirror of one new snapshot by btrfs send: %s bytes" % fields.get("bytes"))
+    assert fields["copied"] == "1", fields
+    assert int(fields["bytes"]) < MIB, fields
+    assert sha256(server, "%s/%s/big.bin" % (mirrored, made[-1])) == sha256(
+        laptop, lib.SOURCE + "/big.bin"
+    )
 
 
 def test_prune_deletes_the_subvolumes_thinning_removes(server, made):
@@ -281,7 +361,7 @@ def test_prune_deletes_the_subvolumes_thinning_removes(server, made):
     after = lib.snapshot_names(server, CLIENT)
     assert after == [n for n in before if n not in result["removed"]]
     assert before[-1] in after
-    listed = run_ok(server, "btrfs subvolume list %s" % lib.ROOT)
+    listed = lib.run_ok(server, "btrfs subvolume list %s" % lib.ROOT)
     for name in result["removed"]:
         assert name not in listed
     assert not [n for n in server.file(AREA).listdir() if n.startswith(".deleting-")]
@@ -294,7 +374,7 @@ def test_the_space_guard_measures_what_btrfs_says_is_free(server):
         "print(json.dumps(retention.measure(%r).free_bytes))" % lib.ROOT
     )
     measured = lib.server_py(server, code)
-    usage = run_ok(server, "btrfs filesystem usage -b %s 2>/dev/null" % lib.ROOT)
+    usage = lib.run_ok(server, "btrfs filesystem usage -b %s 2>/dev/null" % lib.ROOT)
     line = next(x for x in usage.splitlines() if x.strip().startswith("Free (estimated):"))
     estimated = min(int(n) for n in re.findall(r"\d+", line))
     # Within a few MiB: btrfs may have written metadata between the two reads.

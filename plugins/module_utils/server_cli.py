@@ -58,11 +58,14 @@ class Config:
         self.space_guard = retention.SpaceGuard.from_mapping(data.get("space_guard"))
         # client name -> the system account that client's key logs in as
         self.clients = data.get("clients", {})
+        # The server's storage backend, and the laptops that use another one.
         self.backend = data.get("backend", "hardlink")
-        if self.backend not in subvolumes.BACKENDS:
-            raise snap.LayoutError(
-                "backend must be one of %s, not %r" % (", ".join(subvolumes.BACKENDS), self.backend)
-            )
+        self.backends = dict(data.get("backends", {}))
+        for backend in [self.backend, *self.backends.values()]:
+            if backend not in subvolumes.BACKENDS:
+                raise snap.LayoutError(
+                    "backend must be one of %s, not %r" % (", ".join(subvolumes.BACKENDS), backend)
+                )
         # How a laptop's account asks root for a btrfs step (a sudo rule allows
         # exactly this command line, followed by an operation and a name).
         self.subvolume_helper = list(
@@ -80,6 +83,9 @@ class Config:
     def load(cls, path: str = CONFIG_PATH) -> Config:
         with open(path, encoding="utf-8") as handle:
             return cls(json.load(handle))
+
+    def backend_of(self, client: str) -> str:
+        return self.backends.get(client, self.backend)
 
     def area(self, client: str) -> str:
         if client not in self.clients:
@@ -120,7 +126,11 @@ MAX_LINK_DESTS = 20
 
 
 def receiver_argv(
-    config: Config, request: gate_lib.ReceiveRequest, link_dests: list[str], dest: str
+    config: Config,
+    request: gate_lib.ReceiveRequest,
+    link_dests: list[str],
+    dest: str,
+    backend: str | None = None,
 ) -> list[str]:
     """The rsync receiver command line; paths are the server's, never the laptop's.
 
@@ -134,7 +144,7 @@ def receiver_argv(
         "--fake-super",
         "--timeout=%d" % config.timeout,
     ]
-    if config.backend == "btrfs":
+    if (backend or config.backend) == "btrfs":
         # The run starts as a writable snapshot of current: rewrite only the
         # blocks that changed (copy-on-write keeps the old ones for the older
         # snapshots) and delete what the laptop deleted. The gate never takes
@@ -166,14 +176,14 @@ def ask_root(config: Config):
     return privileged
 
 
-def link_dests_for(config: Config, area: str) -> list[str]:
+def link_dests_for(config: Config, area: str, backend: str | None = None) -> list[str]:
     """What a new transfer links against: ``current``, then interrupted runs.
 
     An interrupted transfer is resumed, not restarted: what it already
     received is linked from its incomplete directory instead of being sent
     again. The new run still writes only into its own fresh directory.
     """
-    if config.backend == "btrfs":
+    if (backend or config.backend) == "btrfs":
         return []  # the run starts from current (or resumes) instead
     base = snap.current_snapshot(area)
     interrupted = [s.name for s in reversed(snap.list_incomplete(area))]
@@ -186,7 +196,8 @@ def _gate_receive(config: Config, client: str, area: str, request) -> int:
         _log(client, "refused: backup drive %s is not mounted" % config.root, syslog.LOG_ERR)
         sys.stderr.write("linkdest-server: backup drive %s is not mounted\n" % config.root)
         return EXIT_NOT_MOUNTED
-    if config.backend == "btrfs" and not subvolumes.is_btrfs(config.root):
+    backend = config.backend_of(client)
+    if backend == "btrfs" and not subvolumes.is_btrfs(config.root):
         message = "refused: backend btrfs, but backup drive %s is not btrfs" % config.root
         _log(client, message, syslog.LOG_ERR)
         sys.stderr.write("linkdest-server: %s\n" % message)
@@ -207,18 +218,18 @@ def _gate_receive(config: Config, client: str, area: str, request) -> int:
         # be winding down, and prune or the mirror may hold the area briefly.
         with snap.area_lock(area, wait=RECEIVE_LOCK_WAIT):
             snap.finish_deletions(area)
-            link_dests = link_dests_for(config, area)
+            link_dests = link_dests_for(config, area, backend)
             incoming = snap.start_incomplete(
-                area, datetime.now(timezone.utc), config.backend, ask_root(config)
+                area, datetime.now(timezone.utc), backend, ask_root(config)
             )
-            argv = receiver_argv(config, request, link_dests, incoming.name)
+            argv = receiver_argv(config, request, link_dests, incoming.name, backend)
             _log(
                 client,
                 "receiving %s (%s)"
                 % (
                     incoming.name,
                     "btrfs"
-                    if config.backend == "btrfs"
+                    if backend == "btrfs"
                     else "link-dest %s" % (", ".join(link_dests) or "none"),
                 ),
             )
@@ -287,7 +298,7 @@ def _prune_after_finalize(config: Config, client: str, area: str) -> None:
         _journal(area, pruned=decision.name, rule=decision.rule)
 
     try:
-        if config.backend == "btrfs":
+        if config.backend_of(client) == "btrfs":
             # Finished snapshots are root's read-only subvolumes, which this
             # account cannot delete (by design): root's daily prune thins.
             report = None
@@ -707,8 +718,10 @@ def cmd_subvolume(config: Config, operation: str, name: str) -> int:
     if operation not in subvolumes.HELPER_OPERATIONS or parsed is None or parsed.complete:
         _log(client, "refused: subvolume %s %r" % (operation, name), syslog.LOG_WARNING)
         raise gate_lib.GateRefused("subvolume: refused %s %r" % (operation, name))
-    if config.backend != "btrfs":
-        raise gate_lib.GateRefused("subvolume: the backend is %s" % config.backend)
+    if config.backend_of(client) != "btrfs":
+        raise gate_lib.GateRefused(
+            "subvolume: the backend of %s is %s" % (client, config.backend_of(client))
+        )
     area = config.area(client)
     try:
         if operation == "start":

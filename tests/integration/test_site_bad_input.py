@@ -77,7 +77,7 @@ CASES = [
         {"backup_server_backend": "btrfs"},
         {},
         True,
-        "backup_server_backend is btrfs, but backup_server_root",
+        "The btrfs backend is chosen (backup_server_backend or backup_server_laptop_backends)",
         id="btrfs-backend-not-on-btrfs",
     ),
     pytest.param(
@@ -86,6 +86,20 @@ CASES = [
         True,
         "backup_server_backend",
         id="unknown-backend",
+    ),
+    pytest.param(
+        {"backup_server_laptop_backends": {"nosuchlaptop": "hardlink"}},
+        {},
+        True,
+        'backup_server_laptop_backends "nosuchlaptop"',
+        id="laptop-backend-unknown-laptop",
+    ),
+    pytest.param(
+        {"backup_server_laptop_backends": {"lap": "zfs"}},
+        {},
+        True,
+        'backup_server_laptop_backends "lap": "zfs"',
+        id="laptop-backend-unknown-backend",
     ),
     pytest.param(
         {},

@@ -379,3 +379,39 @@ def test_the_space_guard_measures_what_btrfs_says_is_free(server):
     estimated = min(int(n) for n in re.findall(r"\d+", line))
     # Within a few MiB: btrfs may have written metadata between the two reads.
     assert abs(measured - estimated) < 8 * MIB, (measured, estimated)
+
+
+# --- a laptop on hard links beside them (per-laptop backend) --------------------------------
+
+
+def test_a_laptop_may_keep_hard_links_on_the_same_drive(server):
+    other = lib.get_host("hardlink-laptop")
+    account = "bk-hardlink-laptop"
+    config = lib.server_py(server, "import json; print(open('/etc/linkdest/server.json').read())")
+    assert config["backends"] == {CLIENT: "btrfs", "hardlink-laptop": "hardlink"}
+    # No sudo rule for its account: it has no btrfs step to ask for.
+    assert account not in server.file("/etc/sudoers.d/linkdest-server").content_string
+    asked = server.run(
+        "runuser -u %s -- sudo -n %s subvolume start incomplete_back-2026-01-01T00_00_00"
+        % (account, SERVER_CMD)
+    )
+    assert asked.rc != 0
+
+    lib.write_file(other, "same.txt", "unchanged\n")
+    first = lib.backup_ok(other)
+    second = lib.backup_ok(other)
+
+    area = "%s/hardlink-laptop" % lib.ROOT
+    stats = lib.server_py(
+        server,
+        "import json, os; print(json.dumps([[os.lstat(p).st_ino, os.lstat(p).st_nlink]"
+        " for p in (%r, %r, %r)]))"
+        % (
+            "%s/%s" % (area, second),
+            "%s/%s/same.txt" % (area, first),
+            "%s/%s/same.txt" % (area, second),
+        ),
+    )
+    assert stats[0][0] != 256, "a hard-link snapshot is a plain directory, not a subvolume"
+    assert stats[1][0] == stats[2][0], "the unchanged file is one inode in both snapshots"
+    assert stats[1][1] >= 2

@@ -191,12 +191,21 @@ def test_the_helper_takes_the_caller_from_sudo_only(helper, monkeypatch):
     assert done == []
 
 
-def test_the_helper_does_nothing_on_the_hardlink_backend(helper):
+def test_the_helper_does_nothing_for_a_laptop_on_hard_links(helper):
     config, done = helper
-    config.backend = "hardlink"
-    with pytest.raises(gate.GateRefused, match="backend is hardlink"):
+    config.backends = {"laptop": "hardlink"}  # the server's default stays btrfs
+    with pytest.raises(gate.GateRefused, match="the backend of laptop is hardlink"):
         server_cli.cmd_subvolume(config, "start", "incomplete_back-2026-11-26T12_00_00")
     assert done == []
+
+
+def test_a_laptop_may_use_another_backend_than_the_server():
+    config = server_cli.Config(
+        {"root": "/srv", "backend": "hardlink", "backends": {"studio": "btrfs"}}
+    )
+    assert (config.backend_of("studio"), config.backend_of("laptop")) == ("btrfs", "hardlink")
+    with pytest.raises(snap.LayoutError, match="not 'zfs'"):
+        server_cli.Config({"root": "/srv", "backends": {"studio": "zfs"}})
 
 
 # --- the btrfs command and ioctls ----------------------------------------------------

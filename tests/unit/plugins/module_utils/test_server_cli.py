@@ -717,3 +717,19 @@ def test_an_adopted_tree_is_linked_by_the_next_backup(server, monkeypatch, capsy
     name = capsys.readouterr().out.strip()
     # Linked against the article's absolute `current`, through the recorded owner.
     assert (server.area / name / "docs" / "same.txt").stat().st_ino == same.stat().st_ino
+
+
+def test_a_laptop_on_btrfs_is_refused_when_the_drive_is_not_btrfs(server):
+    # The drive here is the test machine's temporary directory, not btrfs.
+    configure(server, backend="hardlink", backends={"laptop": "btrfs"})
+    (server.src / "file").write_text("data")
+    result = server.backup()
+    assert result.returncode != 0
+    assert "refused: backend btrfs, but backup drive %s is not btrfs" % server.root in (
+        result.stderr
+    )
+    assert os.listdir(server.area) == []
+    # The same laptop on the server's hard links goes through.
+    configure(server, backends={})
+    assert server.backup().returncode == 0
+    assert len(incomplete(server.area)) == 1

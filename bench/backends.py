@@ -38,7 +38,14 @@ LAUNCHER = WORK + "/bin/linkdest-server"
 RSH = WORK + "/bin/local-rsh"
 BACKENDS = ("hardlink", "btrfs")
 # linkdest's own rsync options (roles/backup_client/templates/.../linkdest.j2).
-OPTIONS = ["--archive", "--delete", "--numeric-ids", "--stats", "--timeout=600"]
+OPTIONS = [
+    "--archive",
+    "--delete",
+    "--delete-excluded",
+    "--numeric-ids",
+    "--stats",
+    "--timeout=600",
+]
 
 
 def run(*argv: str, **kwargs) -> subprocess.CompletedProcess:

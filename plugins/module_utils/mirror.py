@@ -52,6 +52,7 @@ import stat
 import subprocess
 import sys
 import syslog
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -797,32 +798,40 @@ def send_snapshot(
     if parent is not None:
         send_argv += ["-p", os.path.join(source_area, parent)]
     send_argv.append(os.path.join(source_area, name))
-    sender = subprocess.Popen(send_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    receiver = subprocess.Popen(
-        [btrfs, "receive", "-q", dest_area], stdin=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    sent = 0
-    try:
-        while True:
-            chunk = sender.stdout.read(1 << 20)
-            if not chunk:
-                break
-            sent += len(chunk)
-            receiver.stdin.write(chunk)
-    except BrokenPipeError:
-        pass
-    finally:
-        receiver.stdin.close()
-    receive_error = receiver.stderr.read().decode(errors="replace")
-    send_error = sender.stderr.read().decode(errors="replace")
-    codes = (sender.wait(), receiver.wait())
+    # Errors go to files, not pipes: a full stderr pipe would stall either side.
+    with tempfile.TemporaryFile() as send_errors, tempfile.TemporaryFile() as receive_errors:
+        sender = subprocess.Popen(send_argv, stdout=subprocess.PIPE, stderr=send_errors)
+        receiver = subprocess.Popen(
+            [btrfs, "receive", "-q", dest_area], stdin=subprocess.PIPE, stderr=receive_errors
+        )
+        sent = 0
+        try:
+            while True:
+                chunk = sender.stdout.read(1 << 20)
+                if not chunk:
+                    break
+                sent += len(chunk)
+                receiver.stdin.write(chunk)
+            receiver.stdin.close()
+        except BrokenPipeError:
+            # The receiver gave up: stop the sender too, or it blocks forever
+            # on a pipe nobody reads (with the area's lock held).
+            sender.kill()
+        finally:
+            sender.stdout.close()
+            with contextlib.suppress(BrokenPipeError):
+                receiver.stdin.close()
+        codes = (sender.wait(), receiver.wait())
+        send_errors.seek(0)
+        receive_errors.seek(0)
+        errors = (send_errors.read() + receive_errors.read()).decode(errors="replace")
     complete = snap.is_subvolume_snapshot(dest_area, name) and not is_partial_receive(
         dest_area, name
     )
     if codes != (0, 0) or not complete:
         if is_partial_receive(dest_area, name):
             snap.delete_snapshot(dest_area, name)
-        tail = " | ".join((send_error + receive_error).strip().splitlines()[-STDERR_TAIL_LINES:])
+        tail = " | ".join(errors.strip().splitlines()[-STDERR_TAIL_LINES:])
         return CopyResult(name, False, 0, sent, "btrfs send/receive exit %s: %s" % (codes, tail))
     snap.sync_filesystem(dest_area)
     return CopyResult(name, True, 0, sent)

@@ -32,6 +32,7 @@ callers hold the areas' locks around :func:`prune`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -437,6 +438,7 @@ class DiskIndex:
         # (dev, ino) -> [nlink, bytes, links seen, keys holding it]
         self._shared: dict[tuple[int, int], list] = {}
         self._removed: set = set()
+        self._deletions_waited = False
 
     @classmethod
     def of_area(cls, area: str, names: Iterable[str]) -> DiskIndex:
@@ -449,7 +451,12 @@ class DiskIndex:
         own = self._own.setdefault(key, [0, 0])
         if _is_subvolume(path):
             # btrfs: every snapshot has inodes of its own that share extents;
-            # what it alone holds is what btrfs counts as its exclusive bytes.
+            # what it alone holds is what btrfs counts as its exclusive bytes,
+            # once deleted subvolumes (a sealed run's) no longer share them.
+            if not self._deletions_waited:
+                with contextlib.suppress(subvolumes.SubvolumeError):
+                    subvolumes.wait_for_deletions(path)
+                self._deletions_waited = True
             own[0] += subvolumes.exclusive_bytes([path])[path]
             return
         for st in _entries(path):
@@ -540,6 +547,18 @@ def pending_deletions(area: str) -> list[str]:
     )
 
 
+def _finished_for_pruning(area: str) -> list[snap.Snapshot]:
+    """The finished snapshots a prune weighs and may remove.
+
+    In a btrfs area only the snapshots root sealed count: the laptop's account
+    can make directories with any ``back-T`` name in its own area, and such
+    fakes must not make root thin real history away (nor count for min_keep).
+    """
+    finished = snap.list_snapshots(area)
+    sealed = [s for s in finished if snap.is_sealed_snapshot(area, s.name)]
+    return sealed if sealed else finished
+
+
 def prune(
     areas: Mapping[str, str],
     policy: Policy,
@@ -571,7 +590,7 @@ def prune(
         else:
             part.finished_deletions = snap.finish_deletions(area)
         part.decisions = plan_thinning(
-            snap.list_snapshots(area), now, policy, snap.read_current(area)
+            _finished_for_pruning(area), now, policy, snap.read_current(area)
         )
         report.areas[client] = part
 
@@ -628,6 +647,8 @@ def prune(
         if index is not None:
             usage = usage.freed(*index.remove((client, decision.name)))
         else:
+            if statvfs in (None, os.statvfs) and subvolumes.filesystem_type(root) == "btrfs":
+                subvolumes.wait_for_deletions(root)
             usage = measure(root, statvfs)
         short = prune_shortfall(usage, guard)
     report.usage_after = usage

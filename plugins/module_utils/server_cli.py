@@ -20,7 +20,7 @@ import stat
 import subprocess
 import sys
 import syslog
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from ansible_collections.linkdest.backup.plugins.module_utils import gate as gate_lib
 from ansible_collections.linkdest.backup.plugins.module_utils import health, retention, subvolumes
@@ -71,6 +71,8 @@ class Config:
         self.subvolume_helper = list(
             data.get("subvolume_helper", ["sudo", "-n", "/usr/local/sbin/linkdest-server"])
         )
+        # Root's own records (which runs root started for each laptop).
+        self.state_dir = data.get("state_dir", "/var/lib/linkdest-server/state")
         # The server's own check (linkdest-server check).
         check = data.get("check", {})
         self.stale_after_hours = float(check.get("stale_after_hours", 24))
@@ -263,9 +265,17 @@ def _gate_finalize(config: Config, client: str, area: str, request) -> int:
             return EXIT_NOT_FINALIZED
         plan = snap.finalize(area, name, privileged=ask_root(config))
         os.unlink(os.path.join(area, RECEIVED_MARKER))
-        # The interrupted runs this one resumed are superseded now.
+        # The interrupted runs this one resumed are superseded now. The
+        # snapshot is finished whatever happens here: a failure only warns.
         for stale in snap.list_incomplete(area):
-            snap.delete_snapshot(area, stale.name, privileged=ask_root(config))
+            try:
+                snap.delete_snapshot(area, stale.name, privileged=ask_root(config))
+            except (snap.SnapshotError, subvolumes.SubvolumeError, OSError) as exc:
+                _log(client, "could not remove superseded %s: %s" % (stale.name, exc))
+                sys.stderr.write(
+                    "linkdest-server: warning: could not remove %s: %s\n" % (stale.name, exc)
+                )
+                continue
             _log(client, "removed superseded %s" % stale.name)
         _journal(
             area,
@@ -312,7 +322,7 @@ def _prune_after_finalize(config: Config, client: str, area: str) -> None:
         short = retention.prune_shortfall(
             retention.measure(config.root, STATVFS), config.space_guard
         )
-    except (snap.SnapshotError, OSError) as exc:
+    except (snap.SnapshotError, subvolumes.SubvolumeError, OSError) as exc:
         _log(client, "prune after finalize failed: %s" % exc, syslog.LOG_ERR)
         sys.stderr.write("linkdest-server: warning: prune after finalize failed: %s\n" % exc)
         return
@@ -723,17 +733,67 @@ def cmd_subvolume(config: Config, operation: str, name: str) -> int:
             "subvolume: the backend of %s is %s" % (client, config.backend_of(client))
         )
     area = config.area(client)
+    runs = _StartedRuns(config.state_dir, client)
     try:
         if operation == "start":
+            # Named by the gate from the server's clock: an old or future name
+            # would let the account date a snapshot as it likes.
+            if abs(datetime.now(timezone.utc) - parsed.time) > START_SLACK:
+                raise gate_lib.GateRefused("subvolume: %s is not named for now" % name)
             started = snap.start_subvolume(area, name)
+            runs.add(
+                name,
+                replaces=started[len("resumed ") :] if started.startswith("resumed ") else None,
+            )
             _log(client, "started %s (%s)" % (name, started))
         elif operation == "seal":
-            snap.seal_subvolume(area, name)
+            if name not in runs.names():
+                raise gate_lib.GateRefused("subvolume: root did not start %s" % name)
+            final = snap.seal_subvolume(area, name)
+            runs.remove(name)
+            _log(client, "sealed %s as %s" % (name, final))
         else:
             snap.discard_subvolume(area, name)
-    except FileExistsError:
+            runs.remove(name)
+    except (FileExistsError, snap.NameCollisionError):
         return EXIT_EXISTS
     return 0
+
+
+# How far from the server's clock a run's name may be when root starts it
+# (the gate names runs from now, bumping by seconds on a collision).
+START_SLACK = timedelta(minutes=10)
+
+
+class _StartedRuns:
+    """The btrfs runs root started for one laptop, in a root-only directory:
+    only those are ever sealed into finished snapshots."""
+
+    def __init__(self, state_dir: str, client: str):
+        self.path = os.path.join(state_dir, "started-%s.json" % client)
+        self.state_dir = state_dir
+
+    def names(self) -> list[str]:
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                return list(json.load(handle))
+        except FileNotFoundError:
+            return []
+
+    def _write(self, names: list[str]) -> None:
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(sorted(set(names)), handle)
+        os.replace(tmp, self.path)
+
+    def add(self, name: str, replaces: str | None = None) -> None:
+        self._write([n for n in self.names() if n != replaces] + [name])
+
+    def remove(self, name: str) -> None:
+        names = self.names()
+        if name in names:
+            self._write([n for n in names if n != name])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -817,6 +877,6 @@ def main(argv: list[str] | None = None) -> int:
                 config.stale_after_hours = args.stale_after_hours
             return cmd_check(config, quiet=args.quiet)
         return _print_list(config.area(args.client), usage=args.usage)
-    except (snap.SnapshotError, gate_lib.GateRefused, OSError) as exc:
+    except (snap.SnapshotError, gate_lib.GateRefused, subvolumes.SubvolumeError, OSError) as exc:
         sys.stderr.write("linkdest-server: %s\n" % exc)
         return 1

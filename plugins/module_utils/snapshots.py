@@ -415,34 +415,71 @@ def start_subvolume(area: str, name: str) -> str:
         os.close(area_fd)
 
 
-def seal_subvolume(area: str, name: str) -> None:
-    """Make the incomplete subvolume ``name`` root's and read-only (as root).
+def seal_subvolume(area: str, name: str) -> str:
+    """Finish the incomplete subvolume ``name`` as ``back-T`` (as root); return ``back-T``.
 
-    Only the owner of a subvolume may clear its read-only flag, so it goes to
-    root first (before the flag: a read-only subvolume cannot be chowned).
-    The laptop's account still reads it (restore) through its own area, which
-    no other account may enter. Idempotent.
+    The finished snapshot is a fresh read-only snapshot of the run's subvolume,
+    made by root and owned by root: only a subvolume's owner may clear its
+    read-only flag, no file the account still holds open for writing is in it,
+    and no subvolume the account nested inside comes along (a snapshot does
+    not descend into them). The run's subvolume is then deleted. Never
+    replaces anything (a taken name raises NameCollisionError).
     """
+    final = SNAPSHOT_PREFIX + stamp_of(name)
     area_fd = _open_area(area)
     try:
         fd = _open_subvolume(area_fd, name)
         if fd is None:
             raise SnapshotNotFoundError("no subvolume %s in %s" % (name, area))
         try:
+            # The account may have set the flag itself: root owns it from here.
             if subvolumes.is_readonly_fd(fd):
-                return
+                subvolumes.set_readonly_fd(fd, False)
             os.fchown(fd, 0, 0)
             os.fchmod(fd, 0o755)
             _syncfs_fd(fd)
-            subvolumes.set_readonly_fd(fd)
+            try:
+                subvolumes.snapshot_at(fd, area_fd, final, readonly=True)
+            except FileExistsError as exc:
+                raise NameCollisionError(
+                    "refusing to replace existing %s in %s" % (final, area)
+                ) from exc
         finally:
             os.close(fd)
+        _destroy_with_nested(area_fd, name)
+        return final
     finally:
         os.close(area_fd)
 
 
+def _destroy_with_nested(parent_fd: int, name: str) -> None:
+    """Delete the subvolume ``name``, first any subvolumes nested inside it (as root)."""
+    try:
+        subvolumes.destroy_at(parent_fd, name)
+        return
+    except OSError as exc:
+        if exc.errno != errno.ENOTEMPTY:
+            raise
+    top = subvolumes.open_dir(name, dir_fd=parent_fd)
+    try:
+        device = os.fstat(top).st_dev
+        for _base, dirs, _files, base_fd in os.fwalk(dir_fd=top, topdown=False):
+            for entry in dirs:
+                st = os.lstat(entry, dir_fd=base_fd)
+                if st.st_dev != device and st.st_ino == subvolumes.SUBVOLUME_ROOT_INODE:
+                    _destroy_with_nested(base_fd, entry)
+    finally:
+        os.close(top)
+    subvolumes.destroy_at(parent_fd, name)
+
+
 def discard_subvolume(area: str, name: str) -> None:
-    """Delete the incomplete subvolume ``name`` (as root); finished ones are refused."""
+    """Delete an interrupted run's subvolume ``name`` (as root, for the account).
+
+    Only an incomplete run's subvolume qualifies: writable and owned by the
+    area's owner, as start_subvolume made it. A finished snapshot renamed to
+    an incomplete name is root's and read-only, and is refused.
+    """
     parsed = parse_snapshot_name(name)
     if parsed is None or parsed.complete:
         raise LayoutError("only incomplete snapshots are discarded, not %r" % name)
@@ -451,8 +488,30 @@ def discard_subvolume(area: str, name: str) -> None:
         fd = _open_subvolume(area_fd, name)
         if fd is None:
             raise SnapshotNotFoundError("no subvolume %s in %s" % (name, area))
-        os.close(fd)
-        subvolumes.destroy_at(area_fd, name)
+        try:
+            st = os.fstat(fd)
+            if subvolumes.is_readonly_fd(fd) or st.st_uid != os.fstat(area_fd).st_uid:
+                raise LayoutError(
+                    "%s is read-only or not the account's: not an interrupted run" % name
+                )
+        finally:
+            os.close(fd)
+        _destroy_with_nested(area_fd, name)
+    finally:
+        os.close(area_fd)
+
+
+def is_sealed_snapshot(area: str, name: str) -> bool:
+    """True for a finished btrfs snapshot as root made it: a read-only subvolume of root's."""
+    area_fd = _open_area(area)
+    try:
+        fd = _open_subvolume(area_fd, name)
+        if fd is None:
+            return False
+        try:
+            return os.fstat(fd).st_uid == 0 and subvolumes.is_readonly_fd(fd)
+        finally:
+            os.close(fd)
     finally:
         os.close(area_fd)
 
@@ -529,7 +588,8 @@ def is_subvolume_snapshot(area: str, name: str) -> bool:
 
 
 def apply_finalize(area: str, plan: FinalizePlan, privileged: Privileged | None = None) -> None:
-    """Carry out ``plan``: flush (btrfs: seal), rename without replacing, swap ``current``."""
+    """Carry out ``plan``: flush and rename without replacing (btrfs: root seals
+    it under its final name instead), then swap ``current``."""
     if plan.incomplete is not None:
         if is_subvolume_snapshot(area, plan.incomplete):
             _as_root_or_ask(
@@ -540,7 +600,7 @@ def apply_finalize(area: str, plan: FinalizePlan, privileged: Privileged | None 
             )
         else:
             sync_filesystem(os.path.join(area, plan.incomplete))
-        rename_noreplace(os.path.join(area, plan.incomplete), os.path.join(area, plan.final))
+            rename_noreplace(os.path.join(area, plan.incomplete), os.path.join(area, plan.final))
     if plan.current_after is not None and plan.current_after != plan.current_before:
         swap_current(area, plan.current_after)
 
@@ -586,51 +646,50 @@ def _remove_tree(path: str) -> None:
     shutil.rmtree(path, onerror=_open_up_and_retry)
 
 
-def _remove_entry(area: str, name: str) -> None:
-    """Remove the directory or subvolume ``name`` of the area (a subvolume: as root)."""
-    if is_subvolume_snapshot(area, name):
-        area_fd = _open_area(area)
-        try:
-            subvolumes.destroy_at(area_fd, name)
-        finally:
-            os.close(area_fd)
-    else:
-        _remove_tree(os.path.join(area, name))
-
-
 def delete_snapshot(area: str, name: str, privileged: Privileged | None = None) -> str:
     """Delete one snapshot (finished or incomplete) crash-safely.
 
     Renamed to ``.deleting-NAME`` first (never replacing anything), then
-    removed. Returns the snapshot's name. Callers decide what may go; this
-    refuses only what is not a real snapshot directory of the area. A laptop's
-    account asks root to discard its incomplete subvolumes (``privileged``);
-    finished ones only root deletes.
+    removed. A subvolume is deleted in one step instead (btrfs finishes an
+    interrupted deletion itself). Returns the snapshot's name. Callers decide
+    what may go; this refuses only what is not a real snapshot directory of the
+    area. A laptop's account asks root to discard its incomplete subvolumes
+    (``privileged``); finished ones only root deletes.
     """
     snap = parse_snapshot_name(name)
     path = os.path.join(area, name)
     if snap is None or os.path.islink(path) or not os.path.isdir(path):
         raise SnapshotNotFoundError("no snapshot %s in %s" % (name, area))
-    if privileged is not None and os.geteuid() != 0 and is_subvolume_snapshot(area, name):
-        privileged("discard", name)
+    if is_subvolume_snapshot(area, name):
+        if privileged is not None and os.geteuid() != 0:
+            privileged("discard", name)
+            return name
+        area_fd = _open_area(area)
+        try:
+            _destroy_with_nested(area_fd, name)
+        finally:
+            os.close(area_fd)
         return name
     trash = TRASH_PREFIX + name
     rename_noreplace(path, os.path.join(area, trash))
-    _remove_entry(area, trash)
+    _remove_tree(os.path.join(area, trash))
     return name
 
 
 def finish_deletions(area: str) -> list[str]:
     """Finish deletions a crash interrupted; return the names they had.
 
-    Subvolumes are left to root (a laptop's account may not delete them).
+    A subvolume under a trash name is never deleted: deleting a subvolume
+    takes one step and needs no trash name, so one there was renamed by the
+    laptop's account (which may rename in its own area), maybe a finished
+    snapshot. It stays for the administrator.
     """
     finished = []
     for entry in sorted(os.scandir(area), key=lambda e: e.name):
         if entry.name.startswith(TRASH_PREFIX) and entry.is_dir(follow_symlinks=False):
-            if os.geteuid() != 0 and is_subvolume_snapshot(area, entry.name):
+            if is_subvolume_snapshot(area, entry.name):
                 continue
-            _remove_entry(area, entry.name)
+            _remove_tree(entry.path)
             finished.append(entry.name[len(TRASH_PREFIX) :])
     return finished
 

@@ -201,6 +201,13 @@ def delete(path: str) -> None:
         os.close(parent)
 
 
+def wait_for_deletions(path: str) -> None:
+    """Wait until btrfs has freed the space of the subvolumes deleted on the file
+    system holding ``path``: a deletion returns at once and a cleaner thread
+    frees the blocks later, so free space measured right after it is stale."""
+    _run("subvolume", "sync", path)
+
+
 def exclusive_bytes(paths: Iterable[str]) -> dict[str, int]:
     """Bytes only each path holds (shared with no other snapshot), by ``btrfs filesystem du``."""
     paths = list(paths)

@@ -11,9 +11,11 @@ so what the kernel refuses it is really refused. The molecule scenario
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from datetime import datetime, timedelta, timezone
@@ -195,10 +197,21 @@ def test_discard_refuses_a_finished_snapshot(area):
     assert (area / name / "a.txt").read_text() == "one"
 
 
-def test_root_prunes_finished_subvolumes_crash_safely(area):
-    names = [backup(area, {"a.txt": str(n)}, NOW + timedelta(minutes=n)) for n in range(4)]
-    # A deletion a crash interrupted: renamed out of the names, not yet deleted.
-    snap.rename_noreplace(str(area / names[1]), str(area / (snap.TRASH_PREFIX + names[1])))
+def test_root_prunes_finished_subvolumes_and_nothing_the_account_renamed(area):
+    names = [backup(area, {"a.txt": str(n)}, NOW + timedelta(minutes=n)) for n in range(5)]
+
+    def rename(old, new):
+        os.rename(area / old, area / new)
+
+    # The account renames one finished snapshot to a trash name (as if a
+    # deletion had been interrupted), and one to an incomplete run's name;
+    # it also plants directories named like snapshots of every day.
+    assert as_account(rename, names[1], snap.TRASH_PREFIX + names[1]) == 0
+    assert as_account(rename, names[2], "incomplete_" + names[2]) == 0
+    for day in range(1, 40):
+        fake = "back-" + snap.format_stamp(NOW - timedelta(days=day))
+        assert as_account(os.mkdir, str(area / fake)) == 0
+    assert as_account(snap.discard_subvolume, str(area), "incomplete_" + names[2]) != 0
 
     report = retention.prune(
         {"laptop": str(area)},
@@ -206,17 +219,67 @@ def test_root_prunes_finished_subvolumes_crash_safely(area):
         NOW + timedelta(hours=1),
     )
 
-    assert report.areas["laptop"].finished_deletions == [names[1]]
-    assert report.areas["laptop"].removed == [names[2]]
-    assert sorted(os.listdir(area)) == sorted([names[0], names[3], "current"])
+    # Only the sealed snapshots were weighed: the first of the week stays,
+    # the newest stays, the one between goes; the renamed ones are untouched.
+    part = report.areas["laptop"]
+    assert [d.name for d in part.decisions] == [names[0], names[3], names[4]]
+    assert part.removed == [names[3]]
+    assert part.finished_deletions == []
+    for kept in (names[0], names[4]):
+        assert snap.is_sealed_snapshot(str(area), kept)
+    assert subvolumes.is_readonly(str(area / (snap.TRASH_PREFIX + names[1])))
+    assert subvolumes.is_readonly(str(area / ("incomplete_" + names[2])))
     listed = subprocess.run(
         ["btrfs", "subvolume", "list", str(area.parent)],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    assert names[1] not in listed
-    assert names[2] not in listed
+    assert names[3] not in listed
+
+
+def test_sealing_leaves_nothing_the_account_can_still_write(area):
+    incoming = snap.start_incomplete(str(area), NOW, "btrfs")
+    root = area / incoming.name
+    assert write_as_account(root / "a.txt", "one") == 0
+    # A process of the account's opens a.txt for writing before the seal and
+    # writes after it (what an exploited receiver could leave running).
+    ready_read, ready_write = os.pipe()
+    go_read, go_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgid(ACCOUNT_UID)
+            os.setuid(ACCOUNT_UID)
+            fd = os.open(root / "a.txt", os.O_WRONLY | os.O_APPEND)
+            os.write(ready_write, b"r")
+            os.read(go_read, 1)
+            with contextlib.suppress(OSError):
+                os.write(fd, b"-after")
+                os.close(fd)
+        finally:
+            os._exit(0)
+    assert os.read(ready_read, 1) == b"r"
+
+    def nest_and_set_read_only():
+        fd = subvolumes.open_dir(str(root))
+        subvolumes.create_at(fd, "nested")
+        (root / "nested" / "n.txt").write_text("inside")
+        subvolumes.set_readonly_fd(fd)  # as the subvolume's owner, it may
+
+    assert as_account(nest_and_set_read_only) == 0
+
+    final = snap.finalize(str(area), incoming.name).final
+    os.write(go_write, b"g")
+    os.waitpid(pid, 0)
+
+    path = area / final
+    assert os.lstat(path).st_uid == 0
+    assert subvolumes.is_readonly(str(path))
+    assert (path / "a.txt").read_text() == "one"
+    # The nested subvolume did not come along: an empty directory in its place.
+    assert os.listdir(path / "nested") == []
+    assert not (area / incoming.name).exists()
 
 
 def test_the_space_guard_reads_free_space_the_way_btrfs_counts_it(drive):
@@ -299,3 +362,26 @@ def test_an_interrupted_receive_is_removed_and_sent_again(area, mirror_drive):
     assert "removed laptop/%s (an interrupted btrfs receive)" % name in said
     assert sorted(os.listdir(dest / name)) == ["a.txt"]
     assert subvolumes.is_readonly(str(dest / name))
+
+
+def test_a_failing_receive_ends_the_copy_instead_of_hanging(area, mirror_drive):
+    name = backup(area, {"big.bin": "y" * 3_000_000}, NOW)
+    dest = mirror_drive / "laptop"
+    dest.mkdir()
+    (dest / name).mkdir()  # the receiver cannot create the subvolume: it fails at once
+    config = mirror.Config(source=str(area.parent), destination=str(mirror_drive))
+
+    def hung(_signum, _frame):
+        raise TimeoutError("send_snapshot hung after the receiver failed")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        result = mirror.send_snapshot(config, str(area), str(dest), name, None)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+    assert not result.ok
+    assert "btrfs send/receive exit" in result.message
+    assert os.listdir(dest / name) == []  # what was there is left alone

@@ -34,6 +34,9 @@ def subvolume(server, name: str) -> dict:
 
 
 def exclusive_bytes(server, name: str) -> int:
+    # Sealing deletes the run's subvolume; until btrfs has cleaned it up it
+    # still shares the blocks, so wait for that first.
+    lib.run_ok(server, "btrfs subvolume sync %s" % lib.ROOT)
     out = lib.run_ok(server, "btrfs filesystem du -s --raw %s/%s" % (AREA, name))
     return int(out.splitlines()[-1].split()[1])
 
@@ -138,6 +141,25 @@ def test_the_laptops_account_can_neither_unseal_nor_delete_it(server, made):
         server, "sudo -n %s subvolume discard incomplete_back-%s" % (SERVER_CMD, stamp)
     )
     assert helper.rc != 0
+    # Renamed to an interrupted run's name (the account may rename in its
+    # area), root still refuses: it discards only the account's writable runs.
+    renamed = "%s/incomplete_%s" % (AREA, made[0])
+    assert as_account(server, "mv %s %s" % (path, renamed)).rc == 0
+    try:
+        tricked = as_account(
+            server, "sudo -n %s subvolume discard incomplete_%s" % (SERVER_CMD, made[0])
+        )
+        assert tricked.rc != 0
+        assert "not an interrupted run" in tricked.stderr, tricked.stderr
+    finally:
+        assert as_account(server, "mv %s %s" % (renamed, path)).rc == 0
+    # Nor does root start a run dated in the past, or seal one it did not start.
+    for operation, when in (("start", "2020-01-01T00_00_00"), ("seal", stamp)):
+        asked = as_account(
+            server, "sudo -n %s subvolume %s incomplete_back-%s" % (SERVER_CMD, operation, when)
+        )
+        assert asked.rc != 0, (operation, when)
+        assert "not named for now" in asked.stderr or "did not start" in asked.stderr
     assert subvolume(server, made[0])["ro"] == "ro=true"
     assert server.file(path + "/docs/letter.txt").content_string == "dear btrfs\n"
 
@@ -236,6 +258,32 @@ def test_forbidden_rsync_options_are_refused_and_change_nothing(laptop, server, 
     assert "refused" in result.stdout + result.stderr, result.stderr
     assert lib.fingerprint_diff(before, lib.fingerprint(server)) == []
     assert incomplete(server) == []
+
+
+def test_a_file_excluded_later_leaves_the_next_snapshot(laptop, server, made):
+    # A run starts as a copy of current: the receiver deletes what the laptop
+    # now excludes only because linkdest sends --delete-excluded.
+    assert "--delete-excluded" in laptop.file("/usr/local/bin/linkdest").content_string
+    lib.write_file(laptop, "notes/draft.skip", "scratch\n")
+    name = lib.backup_ok(laptop)
+    made.append(name)
+    assert server.file("%s/%s/notes/draft.skip" % (AREA, name)).exists
+
+    rsync = "rsync -a --delete %%s --exclude=*.skip %s %s/ linkdest-server:snapshot/" % (
+        lib.RSYNC_SSH,
+        lib.SOURCE,
+    )
+    finalize = "ssh -F %s linkdest-server finalize 0" % lib.SSH_CONFIG
+    kept = lib.as_user(laptop, "%s && %s" % (rsync % "", finalize))
+    assert kept.rc == 0, kept.stderr
+    without = kept.stdout.strip()
+    gone = lib.as_user(laptop, "%s && %s" % (rsync % "--delete-excluded", finalize))
+    assert gone.rc == 0, gone.stderr
+    latest = gone.stdout.strip()
+    made.extend([without, latest])
+    assert server.file("%s/%s/notes/draft.skip" % (AREA, without)).exists
+    assert not server.file("%s/%s/notes/draft.skip" % (AREA, latest)).exists
+    assert lib.as_user(laptop, "rm %s/notes/draft.skip" % lib.SOURCE).rc == 0
 
 
 def test_rewriting_every_file_in_place_leaves_older_snapshots_as_they_were(laptop, server, made):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import struct
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -35,6 +35,9 @@ class FakeRoot:
             if name in self.taken:
                 raise FileExistsError(17, "exists", name)
             os.mkdir(os.path.join(self.area, name))
+        elif operation == "seal":
+            # Root seals the run under its final name.
+            os.rename(os.path.join(self.area, name), os.path.join(self.area, name[11:]))
         elif operation == "discard":
             os.rmdir(os.path.join(self.area, name))
 
@@ -58,7 +61,7 @@ def test_the_account_asks_root_to_start_and_skips_a_taken_second(tmp_path, accou
     ]
 
 
-def test_the_account_asks_root_to_seal_then_renames_itself(tmp_path, account):
+def test_the_account_asks_root_to_seal_the_run_under_its_final_name(tmp_path, account):
     (tmp_path / "incomplete_back-2026-11-26T12_00_00").mkdir()
     root = FakeRoot(str(tmp_path))
 
@@ -143,24 +146,64 @@ def helper(tmp_path, monkeypatch):
     account = pwd.getpwuid(me).pw_name
     (tmp_path / "laptop").mkdir()
     config = server_cli.Config(
-        {"root": str(tmp_path), "backend": "btrfs", "clients": {"laptop": account}}
+        {
+            "root": str(tmp_path),
+            "backend": "btrfs",
+            "clients": {"laptop": account},
+            "state_dir": str(tmp_path / "state"),
+        }
     )
     done = []
-    monkeypatch.setattr(snap, "start_subvolume", lambda area, name: done.append(("start", area)))
-    monkeypatch.setattr(snap, "seal_subvolume", lambda area, name: done.append(("seal", area)))
-    monkeypatch.setattr(snap, "discard_subvolume", lambda area, name: done.append(("drop", area)))
+
+    def act(what, result=None):
+        def fake(area, name):
+            done.append((what, area))
+            return result
+
+        return fake
+
+    monkeypatch.setattr(snap, "start_subvolume", act("start", "empty"))
+    monkeypatch.setattr(snap, "seal_subvolume", act("seal", "back-T"))
+    monkeypatch.setattr(snap, "discard_subvolume", act("drop"))
     monkeypatch.setattr(server_cli, "_log", lambda *args, **kwargs: None)
     return config, done
 
 
+def now_name(**offset) -> str:
+    return snap.snapshot_name(datetime.now(timezone.utc) + timedelta(**offset), complete=False)
+
+
 def test_the_helper_acts_on_the_callers_own_area(helper, tmp_path):
     config, done = helper
+    name = now_name()
     for operation in ("start", "seal", "discard"):
-        assert (
-            server_cli.cmd_subvolume(config, operation, "incomplete_back-2026-11-26T12_00_00") == 0
-        )
+        assert server_cli.cmd_subvolume(config, operation, name) == 0
     area = str(tmp_path / "laptop")
     assert done == [("start", area), ("seal", area), ("drop", area)]
+
+
+def test_the_helper_starts_only_runs_named_for_now(helper):
+    # An old name would let the account date a sealed snapshot as it likes
+    # (and make thinning keep it over real history).
+    config, done = helper
+    for name in (now_name(days=-3), now_name(hours=2)):
+        with pytest.raises(gate.GateRefused, match="is not named for now"):
+            server_cli.cmd_subvolume(config, "start", name)
+    assert done == []
+
+
+def test_the_helper_seals_only_runs_it_started(helper, tmp_path):
+    config, done = helper
+    with pytest.raises(gate.GateRefused, match="root did not start"):
+        server_cli.cmd_subvolume(config, "seal", now_name())
+    name = now_name()
+    assert server_cli.cmd_subvolume(config, "start", name) == 0
+    assert server_cli.cmd_subvolume(config, "seal", name) == 0
+    # Once sealed, never again.
+    with pytest.raises(gate.GateRefused, match="root did not start"):
+        server_cli.cmd_subvolume(config, "seal", name)
+    state = tmp_path / "state"
+    assert oct(state.stat().st_mode & 0o777) == "0o700"
 
 
 @pytest.mark.parametrize(

@@ -501,19 +501,26 @@ def discard_subvolume(area: str, name: str) -> None:
         os.close(area_fd)
 
 
-def is_sealed_snapshot(area: str, name: str) -> bool:
-    """True for a finished btrfs snapshot as root made it: a read-only subvolume of root's."""
+def _subvolume_is(area: str, name: str, check: Callable[[int], bool]) -> bool:
+    """False unless ``name`` is a subvolume of the area and ``check(its fd)`` holds."""
     area_fd = _open_area(area)
     try:
         fd = _open_subvolume(area_fd, name)
         if fd is None:
             return False
         try:
-            return os.fstat(fd).st_uid == 0 and subvolumes.is_readonly_fd(fd)
+            return check(fd)
         finally:
             os.close(fd)
     finally:
         os.close(area_fd)
+
+
+def is_sealed_snapshot(area: str, name: str) -> bool:
+    """True for a finished btrfs snapshot as root made it: a read-only subvolume of root's."""
+    return _subvolume_is(
+        area, name, lambda fd: os.fstat(fd).st_uid == 0 and subvolumes.is_readonly_fd(fd)
+    )
 
 
 # --- finalize ---------------------------------------------------------------
@@ -576,15 +583,7 @@ def plan_finalize(area: str, snapshot: str, update_current: bool = True) -> Fina
 
 def is_subvolume_snapshot(area: str, name: str) -> bool:
     """True when the snapshot ``name`` of the area is a btrfs subvolume."""
-    area_fd = _open_area(area)
-    try:
-        fd = _open_subvolume(area_fd, name)
-        if fd is None:
-            return False
-        os.close(fd)
-        return True
-    finally:
-        os.close(area_fd)
+    return _subvolume_is(area, name, lambda _fd: True)
 
 
 def apply_finalize(area: str, plan: FinalizePlan, privileged: Privileged | None = None) -> None:

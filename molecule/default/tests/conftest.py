@@ -1,13 +1,8 @@
 # Copyright (c) 2026 linkdest.backup contributors
 # SPDX-License-Identifier: GPL-3.0-or-later
-import os
-import sys
 
+import linkdest_testlib as lib
 import pytest
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "shared", "tests"))
-
-import linkdest_testlib as lib  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -10,19 +10,14 @@ attempt is recorded with what was observed; the last test writes the table to
 
 from __future__ import annotations
 
-import os
 import pathlib
 import re
 import shlex
-import sys
 import time
 from dataclasses import dataclass
 
+import linkdest_testlib as lib
 import pytest
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "shared", "tests"))
-
-import linkdest_testlib as lib  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 REPORT = REPO / ".cache" / "security-attempts.md"

@@ -88,6 +88,13 @@ CASES = [
         id="unknown-backend",
     ),
     pytest.param(
+        {"backup_server_space_guard": {"protect_days": -1}},
+        {},
+        True,
+        "backup_server_space_guard",
+        id="negative-protect-days",
+    ),
+    pytest.param(
         {"backup_server_laptop_backends": {"nosuchlaptop": "hardlink"}},
         {},
         True,

@@ -1,0 +1,371 @@
+# Copyright (c) 2026 linkdest.backup contributors
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Snapshot manifests: what each finished snapshot held when it was made.
+
+A manifest lists every regular file of one snapshot with a SHA-256 of its
+content, its size, mtime, ctime and inode. ``linkdest-server verify`` (scrub.py)
+re-reads the drive later and compares: a flipped bit that keeps the size and
+the mtime (invisible to rsync's quick check) shows up as a different digest.
+
+Where they live: ``ROOT/.linkdest-manifests/CLIENT/back-T``, a tree root owns
+and no laptop account can write. A stolen key must not be able to "bless"
+tampered content by rewriting the manifest, so a manifest is trusted only when
+root owns it and its directories and nobody else can write to them, and only
+when its last line (a count and a digest of everything before it) matches: a
+truncated or edited file is reported, never used.
+
+Cost: a file that is the same inode as in the previous snapshot (a hard link
+made by --link-dest, or a btrfs file the run did not write) takes its digest
+from the previous manifest; only new content is read.
+
+The format is gzip-compressed text, one file per line::
+
+    linkdest-manifest 1 CLIENT SNAPSHOT
+    SHA256HEX SIZE MTIME_NS CTIME_NS INODE "PATH"
+    ...
+    end COUNT SHA256HEX-OF-THE-LINES-ABOVE
+
+PATH is a JSON string (names may hold any byte but NUL and "/"; undecodable
+bytes travel as surrogate escapes).
+
+Standard library only: this file runs on the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import gzip
+import hashlib
+import json
+import os
+import stat
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+MANIFEST_DIR = ".linkdest-manifests"
+MAGIC = "linkdest-manifest 1"
+READ_CHUNK = 1 << 20
+# O_NOATIME keeps verify from dirtying every inode it reads; only the owner
+# or root may use it, so it is dropped on EPERM.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+_NOATIME = getattr(os, "O_NOATIME", 0)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+class ManifestError(Exception):
+    """A manifest that cannot be trusted: missing, unsafe owner, truncated, edited."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str
+    sha256: str
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
+
+
+@dataclass
+class Manifest:
+    client: str
+    snapshot: str
+    entries: list[Entry]
+
+    def by_path(self) -> dict[str, Entry]:
+        return {entry.path: entry for entry in self.entries}
+
+
+@dataclass
+class BuildStats:
+    files: int = 0
+    read_files: int = 0
+    read_bytes: int = 0
+    reused_files: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def manifest_dir(root: str, client: str) -> str:
+    return os.path.join(root, MANIFEST_DIR, client)
+
+
+def manifest_path(root: str, client: str, snapshot: str) -> str:
+    return os.path.join(manifest_dir(root, client), snapshot)
+
+
+def open_dir_at(name: str, dir_fd: int | None = None) -> int:
+    """Open a directory without following a symlink at the last step."""
+    return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+
+
+def open_file_at(name: str, dir_fd: int | None = None) -> int:
+    """Open a regular file for reading, never through a symlink, never a FIFO."""
+    try:
+        fd = os.open(name, _READ_FLAGS | _NOATIME, dir_fd=dir_fd)
+    except PermissionError:
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", name)
+    return fd
+
+
+def digest_fd(fd: int, on_bytes: Callable[[int], None] | None = None) -> str:
+    """SHA-256 of everything readable from fd, in one buffer reused throughout."""
+    digest = hashlib.sha256()
+    buffer = bytearray(READ_CHUNK)
+    view = memoryview(buffer)
+    while True:
+        count = os.readv(fd, [buffer])
+        if not count:
+            return digest.hexdigest()
+        digest.update(view[:count])
+        if on_bytes is not None:
+            on_bytes(count)
+
+
+def digest_at(name: str, dir_fd: int | None = None, on_bytes=None) -> str:
+    fd = open_file_at(name, dir_fd)
+    try:
+        return digest_fd(fd, on_bytes)
+    finally:
+        os.close(fd)
+
+
+def walk_files(top: str) -> Iterator[tuple[str, int, str, os.stat_result]]:
+    """Every regular file under ``top``: (relative path, parent dir fd, name, lstat).
+
+    Works on directory file descriptors and never follows a symlink, so a
+    snapshot's content cannot lead the walk (root's, too) outside it. The
+    parent fd is valid only until the next item.
+    """
+    top_fd = open_dir_at(top)
+    try:
+        yield from _walk(top_fd, "")
+    finally:
+        os.close(top_fd)
+
+
+def _walk(dir_fd: int, prefix: str):
+    with os.scandir(dir_fd) as listing:
+        names = sorted(entry.name for entry in listing)
+    for name in names:
+        try:
+            st = os.lstat(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            continue
+        rel = prefix + name
+        if stat.S_ISREG(st.st_mode):
+            yield rel, dir_fd, name, st
+        elif stat.S_ISDIR(st.st_mode):
+            try:
+                child = open_dir_at(name, dir_fd)
+            except OSError:
+                continue
+            try:
+                yield from _walk(child, rel + "/")
+            finally:
+                os.close(child)
+
+
+def reuse_key(st: os.stat_result, same_device: bool) -> tuple:
+    """What must match for a file to take the previous manifest's digest.
+
+    On one file system (hard links) the same inode is the same content; the
+    ctime is left out because every link() made by --link-dest changes it.
+    Across btrfs subvolumes inode numbers repeat, so the ctime (which only the
+    kernel sets, and which a btrfs snapshot keeps) must match as well.
+    """
+    if same_device:
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def build(
+    snapshot_dir: str,
+    previous: Manifest | None = None,
+    previous_dir: str | None = None,
+) -> tuple[list[Entry], BuildStats]:
+    """The entries of ``snapshot_dir``, reading only content that is new."""
+    stats = BuildStats()
+    known: dict[tuple, str] = {}
+    if previous is not None and previous_dir is not None:
+        try:
+            same_device = os.lstat(previous_dir).st_dev == os.lstat(snapshot_dir).st_dev
+        except OSError:
+            previous = None
+        if previous is not None:
+            for old in previous.entries:
+                if same_device:
+                    key = (old.ino, old.size, old.mtime_ns)
+                else:
+                    key = (old.ino, old.size, old.mtime_ns, old.ctime_ns)
+                known[key] = old.sha256
+    else:
+        same_device = True
+    entries = []
+    seen_here: dict[int, str] = {}  # hard links inside this snapshot: read once
+    for rel, dir_fd, name, st in walk_files(snapshot_dir):
+        stats.files += 1
+        digest = known.get(reuse_key(st, same_device)) or seen_here.get(st.st_ino)
+        if digest is not None:
+            stats.reused_files += 1
+        else:
+            try:
+                digest = digest_at(name, dir_fd)
+            except OSError as exc:
+                stats.skipped.append("%s: %s" % (rel, exc.strerror or exc))
+                continue
+            stats.read_files += 1
+            stats.read_bytes += st.st_size
+        seen_here[st.st_ino] = digest
+        entries.append(Entry(rel, digest, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    return entries, stats
+
+
+def _lines(client: str, snapshot: str, entries: list[Entry]) -> bytes:
+    out = ["%s %s %s\n" % (MAGIC, client, snapshot)]
+    for e in entries:
+        out.append(
+            "%s %d %d %d %d %s\n"
+            % (e.sha256, e.size, e.mtime_ns, e.ctime_ns, e.ino, json.dumps(e.path))
+        )
+    return "".join(out).encode("ascii")
+
+
+def serialize(client: str, snapshot: str, entries: list[Entry]) -> bytes:
+    body = _lines(client, snapshot, entries)
+    trailer = "end %d %s\n" % (len(entries), hashlib.sha256(body).hexdigest())
+    return gzip.compress(body + trailer.encode("ascii"), mtime=0)
+
+
+def _ensure_root_dir(path: str) -> None:
+    """Make ``path`` and its parents (up to an existing one) 0755, not following links."""
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        _ensure_root_dir(parent)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o755)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise ManifestError("%s is not a directory" % path)
+
+
+def write(root: str, client: str, snapshot: str, entries: list[Entry]) -> str:
+    """Write the manifest atomically (temporary file, fsync, rename); returns its path."""
+    directory = manifest_dir(root, client)
+    _ensure_root_dir(directory)
+    final = os.path.join(directory, snapshot)
+    tmp = os.path.join(directory, ".tmp-%s" % uuid.uuid4().hex)
+    data = serialize(client, snapshot, entries)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        with os.fdopen(fd, "wb", closefd=False) as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, final)
+    dir_fd = open_dir_at(directory)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return final
+
+
+def _check_trusted(path: str, st: os.stat_result, trusted_uid: int) -> None:
+    if st.st_uid != trusted_uid:
+        raise ManifestError("%s is owned by uid %d, not root: not trusted" % (path, st.st_uid))
+    if st.st_mode & 0o022:
+        raise ManifestError(
+            "%s can be written by others (mode %o): not trusted" % (path, stat.S_IMODE(st.st_mode))
+        )
+
+
+def parse(data: bytes, where: str) -> Manifest:
+    """Parse a manifest's (decompressed) bytes, checking its count and digest."""
+    if not data.endswith(b"\n"):
+        raise ManifestError("%s is truncated (no end line)" % where)
+    cut = data.rfind(b"\n", 0, len(data) - 1) + 1
+    body, trailer = data[:cut], data[cut:].decode("ascii", errors="replace").split()
+    lines = body.decode("ascii", errors="replace").splitlines()
+    if len(trailer) != 3 or trailer[0] != "end":
+        raise ManifestError("%s is truncated (no end line)" % where)
+    if not lines or not lines[0].startswith(MAGIC + " "):
+        raise ManifestError("%s is not a linkdest manifest" % where)
+    if trailer[2] != hashlib.sha256(body).hexdigest() or trailer[1] != str(len(lines) - 1):
+        raise ManifestError("%s does not match its own digest: edited or damaged" % where)
+    header = lines[0][len(MAGIC) + 1 :].split(" ")
+    entries = []
+    for line in lines[1:]:
+        digest, size, mtime, ctime, ino, path = line.split(" ", 5)
+        entries.append(Entry(json.loads(path), digest, int(size), int(mtime), int(ctime), int(ino)))
+    return Manifest(header[0], header[1] if len(header) > 1 else "", entries)
+
+
+def load(root: str, client: str, snapshot: str, trusted_uid: int = 0) -> Manifest:
+    """The trusted manifest of ``snapshot``; ManifestError when there is none."""
+    path = manifest_path(root, client, snapshot)
+    for directory in (os.path.join(root, MANIFEST_DIR), manifest_dir(root, client)):
+        try:
+            st = os.lstat(directory)
+        except FileNotFoundError:
+            raise ManifestError("no manifest for %s/%s" % (client, snapshot)) from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise ManifestError("%s is not a directory: not trusted" % directory)
+        _check_trusted(directory, st, trusted_uid)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise ManifestError("no manifest for %s/%s" % (client, snapshot)) from None
+    except OSError as exc:
+        raise ManifestError("%s: %s" % (path, exc.strerror)) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ManifestError("%s is not a regular file: not trusted" % path)
+        _check_trusted(path, st, trusted_uid)
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            raw = handle.read()
+    finally:
+        os.close(fd)
+    try:
+        data = gzip.decompress(raw)
+    except (OSError, EOFError, ValueError) as exc:
+        raise ManifestError("%s is truncated or damaged (%s)" % (path, exc)) from None
+    manifest = parse(data, path)
+    if (manifest.client, manifest.snapshot) != (client, snapshot):
+        raise ManifestError(
+            "%s names %s/%s, not %s/%s: not trusted"
+            % (path, manifest.client, manifest.snapshot, client, snapshot)
+        )
+    return manifest
+
+
+def has_manifest(root: str, client: str, snapshot: str) -> bool:
+    return os.path.lexists(manifest_path(root, client, snapshot))
+
+
+def listed(root: str, client: str) -> list[str]:
+    """Snapshot names that have a manifest file (trusted or not)."""
+    try:
+        return sorted(n for n in os.listdir(manifest_dir(root, client)) if not n.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def remove_orphans(root: str, client: str, snapshots: set[str]) -> list[str]:
+    """Remove the manifests of snapshots that are gone (pruned); returns their names."""
+    gone = []
+    for name in listed(root, client):
+        if name not in snapshots:
+            try:
+                os.unlink(manifest_path(root, client, name))
+            except FileNotFoundError:
+                continue
+            gone.append(name)
+    return gone

@@ -105,6 +105,13 @@ class VersionsRequest:
     relpath: str
 
 
+@dataclass(frozen=True)
+class ManifestRequest:
+    """The manifest of a finished snapshot (default the newest), for ``linkdest verify``."""
+
+    snapshot: str | None
+
+
 def _check_short_flags(token: str) -> None:
     flags = token[1:]
     for index, flag in enumerate(flags):
@@ -218,4 +225,8 @@ def parse_request(command: str | None):
         )
     if verb == "versions" and len(words) == 2 and _check_relpath(words[1]):
         return VersionsRequest(relpath=words[1])
+    if verb == "manifest" and len(words) in (1, 2):
+        if len(words) == 2 and not _SNAPSHOT_RE.match(words[1]):
+            raise GateRefused("manifest: name a finished snapshot (back-...)")
+        return ManifestRequest(snapshot=words[1] if len(words) == 2 else None)
     raise GateRefused("command %r is not allowed" % verb)

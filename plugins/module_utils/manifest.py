@@ -7,8 +7,10 @@ content, its size, mtime, ctime and inode. ``linkdest-server verify`` (scrub.py)
 re-reads the drive later and compares: a flipped bit that keeps the size and
 the mtime (invisible to rsync's quick check) shows up as a different digest.
 
-Where they live: ``ROOT/.linkdest-manifests/CLIENT/back-T``, a tree root owns
-and no laptop account can write. A stolen key must not be able to "bless"
+Where they live: ``ROOT/.linkdest-manifests/CLIENT/back-T``, a tree only root
+can read or write: a laptop account may neither write a manifest nor learn
+another laptop's file names from one (the gate hands a laptop its own, read
+through root). A stolen key must not be able to "bless"
 tampered content by rewriting the manifest, so a manifest is trusted only when
 root owns it and its directories and nobody else can write to them, and only
 when its last line (a count and a digest of everything before it) matches: a
@@ -85,6 +87,18 @@ class BuildStats:
     read_bytes: int = 0
     reused_files: int = 0
     skipped: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        text = "%d files, %d read (%d bytes), %d from the previous manifest" % (
+            self.files,
+            self.read_files,
+            self.read_bytes,
+            self.reused_files,
+        )
+        if self.skipped:
+            # Left out of the manifest, so never verified: say so loudly.
+            text += "; UNREADABLE, left out: %s" % ", ".join(self.skipped[:20])
+        return text
 
 
 def manifest_dir(root: str, client: str) -> str:
@@ -170,17 +184,21 @@ def _walk(dir_fd: int, prefix: str):
                 os.close(child)
 
 
-def reuse_key(st: os.stat_result, same_device: bool) -> tuple:
+def reuse_key(path: str, st: os.stat_result, same_device: bool) -> tuple:
     """What must match for a file to take the previous manifest's digest.
 
-    On one file system (hard links) the same inode is the same content; the
-    ctime is left out because every link() made by --link-dest changes it.
-    Across btrfs subvolumes inode numbers repeat, so the ctime (which only the
-    kernel sets, and which a btrfs snapshot keeps) must match as well.
+    --link-dest links a file at the same path, and a btrfs snapshot keeps
+    every path and inode, so the path is part of the key: an inode number the
+    kernel reused for another file elsewhere can never inherit a digest. On one
+    file system the same inode is the same content; the ctime is left out
+    because every link() made by --link-dest changes it. Across btrfs
+    subvolumes inode numbers repeat and ``rsync --inplace`` keeps them, so the
+    ctime (which only the kernel sets, which a write changes and a btrfs
+    snapshot keeps) must match as well.
     """
     if same_device:
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return (path, st.st_ino, st.st_size, st.st_mtime_ns)
+    return (path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def build(
@@ -191,25 +209,20 @@ def build(
     """The entries of ``snapshot_dir``, reading only content that is new."""
     stats = BuildStats()
     known: dict[tuple, str] = {}
+    same_device = True
     if previous is not None and previous_dir is not None:
         try:
             same_device = os.lstat(previous_dir).st_dev == os.lstat(snapshot_dir).st_dev
         except OSError:
             previous = None
-        if previous is not None:
-            for old in previous.entries:
-                if same_device:
-                    key = (old.ino, old.size, old.mtime_ns)
-                else:
-                    key = (old.ino, old.size, old.mtime_ns, old.ctime_ns)
-                known[key] = old.sha256
-    else:
-        same_device = True
+        for old in previous.entries if previous is not None else []:
+            key = (old.path, old.ino, old.size, old.mtime_ns)
+            known[key if same_device else (*key, old.ctime_ns)] = old.sha256
     entries = []
     seen_here: dict[int, str] = {}  # hard links inside this snapshot: read once
     for rel, dir_fd, name, st in walk_files(snapshot_dir):
         stats.files += 1
-        digest = known.get(reuse_key(st, same_device)) or seen_here.get(st.st_ino)
+        digest = known.get(reuse_key(rel, st, same_device)) or seen_here.get(st.st_ino)
         if digest is not None:
             stats.reused_files += 1
         else:
@@ -242,12 +255,12 @@ def serialize(client: str, snapshot: str, entries: list[Entry]) -> bytes:
 
 
 def _ensure_root_dir(path: str) -> None:
-    """Make ``path`` and its parents (up to an existing one) 0755, not following links."""
+    """Make ``path`` and its parents (up to an existing one) 0700, not following links."""
     parent = os.path.dirname(path)
     if not os.path.isdir(parent):
         _ensure_root_dir(parent)
     with contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o755)
+        os.mkdir(path, 0o700)
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
         raise ManifestError("%s is not a directory" % path)
@@ -260,7 +273,7 @@ def write(root: str, client: str, snapshot: str, entries: list[Entry]) -> str:
     final = os.path.join(directory, snapshot)
     tmp = os.path.join(directory, ".tmp-%s" % uuid.uuid4().hex)
     data = serialize(client, snapshot, entries)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "wb", closefd=False) as handle:
             handle.write(data)
@@ -344,6 +357,13 @@ def load(root: str, client: str, snapshot: str, trusted_uid: int = 0) -> Manifes
             % (path, manifest.client, manifest.snapshot, client, snapshot)
         )
     return manifest
+
+
+def text_of(manifest: Manifest) -> str:
+    """The manifest's lines as stored (header, entries, end line), decompressed."""
+    body = _lines(manifest.client, manifest.snapshot, manifest.entries)
+    trailer = "end %d %s\n" % (len(manifest.entries), hashlib.sha256(body).hexdigest())
+    return body.decode("ascii") + trailer
 
 
 def has_manifest(root: str, client: str, snapshot: str) -> bool:

@@ -21,9 +21,11 @@ Standard library only: this file runs on the server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
+import subprocess
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -31,6 +33,7 @@ from datetime import datetime, timezone
 
 from ansible_collections.linkdest.backup.plugins.module_utils import manifest as mf
 from ansible_collections.linkdest.backup.plugins.module_utils import snapshots as snap
+from ansible_collections.linkdest.backup.plugins.module_utils import subvolumes
 
 STATE_FILE = "verify.json"
 HEAL_PREFIX = ".linkdest-heal-"
@@ -53,6 +56,9 @@ class Finding:
     # Filled by heal(): where the good bytes came from, or why none were found.
     repaired_from: str = ""
     unrepaired: str = ""
+    # The entry's place in the manifest: a later slice that checks it again
+    # closes the damage only if it is intact then.
+    index: int = 0
     # Which inode was damaged (not stored: only valid on this drive, this run).
     dev: int = 0
     ino: int = 0
@@ -89,6 +95,8 @@ class DriveReport:
     no_manifest: list[str] = field(default_factory=list)
     complete: bool = True  # False: stopped by the budget or the deadline
     cursor: list | None = None
+    # CLIENT/back-T -> [first, last + 1) manifest entries this run checked.
+    ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def damaged(self) -> list[Finding]:
@@ -146,14 +154,20 @@ def verify_drive(
     deadline: float | None = None,
     cursor: list | None = None,
     snapshots: set[str] | None = None,
+    other_root: str | None = None,
 ) -> DriveReport:
     """Compare every (or the next slice of) snapshot on ``root`` with its manifest.
 
     ``cursor`` is [client, snapshot, entry index] where an earlier slice
-    stopped; ``snapshots`` limits the run to those CLIENT/back-T names.
+    stopped; ``snapshots`` limits the run to those CLIENT/back-T names. A
+    snapshot without a trusted manifest of its own is checked against
+    ``other_root``'s (the other drive's) manifest of the same snapshot.
     """
     report = DriveReport(drive=root)
-    read: dict[tuple[int, int], tuple[str, str]] = {}  # (dev, ino) -> (digest, error)
+    # What was read this run: read_key() -> (digest, error).
+    read: dict[tuple, tuple[str, str]] = {}
+    # btrfs snapshots share extents, not inodes: each is its own device.
+    read.update({_BTRFS: ("", "")} if subvolumes.is_btrfs(root) else {})
 
     def over() -> bool:
         if budget_bytes is not None and report.bytes_read >= budget_bytes:
@@ -173,23 +187,45 @@ def verify_drive(
             if cursor and (client, item.name) == (cursor[0], cursor[1]):
                 start = int(cursor[2])
             cursor = None
-            try:
-                manifest = mf.load(root, client, item.name)
-            except mf.ManifestError as exc:
-                if mf.has_manifest(root, client, item.name):
-                    report.manifest_problems.append(str(exc))
-                else:
-                    report.no_manifest.append(key)
+            manifest = _trusted_manifest(root, other_root, client, item.name, report)
+            if manifest is None:
                 continue
+            found_before = len(report.findings)
             stopped = _verify_snapshot(
                 root, client, area, item.name, manifest, start, read, report, over
             )
+            if not os.path.isdir(os.path.join(area, item.name)):
+                # Pruned while it was read: what went missing is no damage.
+                del report.findings[found_before:]
+                continue
             if stopped is not None:
                 report.complete = False
                 report.cursor = [client, item.name, stopped]
                 return report
+            # Checked to its end (by this run alone, or by the slices the
+            # cursor chained before it).
             report.snapshots.append(key)
     return report
+
+
+def _trusted_manifest(root, other_root, client, name, report) -> mf.Manifest | None:
+    """The drive's own trusted manifest, else the other drive's; problems are reported."""
+    problems = []
+    for where in [root] + ([other_root] if other_root else []):
+        try:
+            found = mf.load(where, client, name)
+        except mf.ManifestError as exc:
+            if mf.has_manifest(where, client, name):
+                problems.append(str(exc))
+            continue
+        # An untrusted manifest on this drive is reported even when the
+        # other drive's is good: someone or something wrote it.
+        report.manifest_problems += problems
+        return found
+    report.manifest_problems += problems
+    if not problems:
+        report.no_manifest.append("%s/%s" % (client, name))
+    return None
 
 
 def _verify_snapshot(root, client, area, name, manifest, start, read, report, over):
@@ -200,6 +236,8 @@ def _verify_snapshot(root, client, area, name, manifest, start, read, report, ov
         report.manifest_problems.append("%s/%s: cannot open: %s" % (client, name, exc))
         return None
     dirs = _DirCache(top_fd)
+    key = "%s/%s" % (client, name)
+    index = start
     try:
         for index in range(start, len(manifest.entries)):
             if over():
@@ -208,11 +246,30 @@ def _verify_snapshot(root, client, area, name, manifest, start, read, report, ov
             report.files += 1
             problem = _check_entry(root, client, name, entry, dirs, read, report)
             if problem is not None:
+                problem.index = index
                 report.findings.append(problem)
+        index = len(manifest.entries)
     finally:
+        report.ranges[key] = (start, index)
         dirs.close()
         os.close(top_fd)
     return None
+
+
+_BTRFS = ("btrfs",)  # a marker key in ``read``: this drive is btrfs
+
+
+def read_key(st: os.stat_result, btrfs: bool) -> tuple:
+    """Which files are the same content, read once per run.
+
+    On one file system, the same inode. On btrfs every snapshot is a
+    subvolume of its own (own device number), where an unchanged file keeps
+    its inode number, size, mtime and ctime and shares its extents with the
+    snapshot before: reading it again would read the same blocks.
+    """
+    if btrfs:
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return (st.st_dev, st.st_ino)
 
 
 def _check_entry(root, client, name, entry, dirs, read, report) -> Finding | None:
@@ -238,7 +295,7 @@ def _check_entry(root, client, name, entry, dirs, read, report) -> Finding | Non
         return finding(MISSING, "not a regular file")
     if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
         return finding(CHANGED, "size %d mtime_ns %d" % (st.st_size, st.st_mtime_ns), st)
-    key = (st.st_dev, st.st_ino)
+    key = read_key(st, _BTRFS in read)
     if key not in read:
         try:
             digest, error = mf.digest_at(base, dir_fd), ""
@@ -258,17 +315,20 @@ def _check_entry(root, client, name, entry, dirs, read, report) -> Finding | Non
 def make_manifest(root: str, client: str, name: str) -> mf.BuildStats | None:
     """Write the manifest of the finished snapshot ``name``; None when it has one.
 
+    ManifestError when it has one that is not trusted.
+
     Digests of files that are the same inode as in the nearest older snapshot
     with a trusted manifest are taken from that manifest: only new content is read.
     """
     area = os.path.join(root, client)
     if snap.parse_snapshot_name(name) is None or not os.path.isdir(os.path.join(area, name)):
         raise snap.SnapshotNotFoundError("no finished snapshot %s of %s" % (name, client))
-    try:
+    if mf.has_manifest(root, client, name):
+        # Trusted: never rewritten. Not trusted: remaking it from what the
+        # snapshot holds now would bless whatever changed it; verify reports
+        # it and README says what to do.
         mf.load(root, client, name)
         return None
-    except mf.ManifestError:
-        pass  # missing or not trusted: (re)made from the snapshot itself
     previous = previous_dir = None
     older = [s.name for s in snap.list_snapshots(area) if s.name < name]
     for candidate in reversed(older):
@@ -292,30 +352,35 @@ def catch_up(root: str, clients: list[str], log=lambda message: None) -> int:
         for name in names:
             if mf.has_manifest(root, client, name):
                 continue
-            with snap.area_lock(area, wait=300):
-                stats = make_manifest(root, client, name)
+            try:
+                with snap.area_lock(area, wait=300):
+                    stats = make_manifest(root, client, name)
+            except snap.LockBusyError:
+                log("manifest of %s/%s: the area stayed busy, next time" % (client, name))
+                break
+            except (OSError, snap.SnapshotError, mf.ManifestError) as exc:
+                # One unreadable snapshot must not stop the others (nor the
+                # verify that follows, which reports it as without a manifest).
+                log("manifest of %s/%s failed: %s" % (client, name, exc))
+                continue
             if stats is not None:
                 made += 1
-                log(
-                    "manifest of %s/%s: %d files, %d read (%d bytes), %d from the previous one"
-                    % (
-                        client,
-                        name,
-                        stats.files,
-                        stats.read_files,
-                        stats.read_bytes,
-                        stats.reused_files,
-                    )
-                )
+                log("manifest of %s/%s: %s" % (client, name, stats.describe()))
         mf.remove_orphans(root, client, set(names))
     return made
 
 
 # --- repair -------------------------------------------------------------------
 
+# Root's scratch directory on each drive: a repaired file is written and
+# linked here, then renamed into the snapshot, so a crash never leaves a stray
+# name inside a snapshot (only here, where the next heal sweeps it).
+HEAL_DIR = ".linkdest-heal"
+
 
 def _open_in_snapshot(root: str, client: str, snapshot: str, relpath: str):
-    """(parent dir fd, name, lstat) of a path in a finished snapshot, or None."""
+    """(parent dir fd, name, lstat or None) of a path in a finished snapshot, or None
+    when its directory cannot be reached."""
     top = os.path.join(root, client, snapshot)
     try:
         fd = mf.open_dir_at(top)
@@ -324,20 +389,29 @@ def _open_in_snapshot(root: str, client: str, snapshot: str, relpath: str):
     dirs = _DirCache(fd)
     try:
         dir_fd, base = dirs.parent(relpath)
-        st = os.lstat(base, dir_fd=dir_fd)
         parent = os.dup(dir_fd)
     except (OSError, snap.LayoutError):
         return None
     finally:
         dirs.close()
         os.close(fd)
+    try:
+        st = os.lstat(base, dir_fd=parent)
+    except FileNotFoundError:
+        st = None
+    except OSError:
+        os.close(parent)
+        return None
     return parent, base, st
 
 
 def _good_copy(other_root: str, finding: Finding):
-    """An fd on the other drive's copy of the finding's file, if it matches the manifest."""
+    """(fd, lstat) of the other drive's copy of the finding's file, if it matches
+    the manifest; else (None, why not)."""
     opened = _open_in_snapshot(other_root, finding.client, finding.snapshot, finding.path)
-    if opened is None:
+    if opened is None or opened[2] is None:
+        if opened is not None:
+            os.close(opened[0])
         return None, "no copy on %s" % other_root
     parent, base, st = opened
     try:
@@ -352,18 +426,19 @@ def _good_copy(other_root: str, finding: Finding):
         os.close(fd)
         return None, "the copy on %s is damaged too" % other_root
     os.lseek(fd, 0, os.SEEK_SET)
-    return fd, ""
+    return fd, os.fstat(fd)
 
 
 def _names_of_inode(root: str, client: str, group: list[Finding]) -> list[tuple[str, str]]:
     """Every (snapshot, path) on ``root`` that is the damaged inode.
 
-    Hard links made by --link-dest keep the path; links inside a laptop's
-    folder keep the inode number in the manifests. Each candidate is
-    confirmed with lstat before it is replaced.
+    Every name of one inode had the same content when its snapshot was made,
+    so the candidates are the entries with the expected digest (the mirror
+    drive's manifests carry the backup drive's inode numbers, so those cannot
+    tell). Each candidate is confirmed with lstat before it is replaced.
     """
     dev, ino = group[0].dev, group[0].ino
-    paths = {f.path for f in group}
+    expected = group[0].expected
     names = []
     area = os.path.join(root, client)
     for item in snap.list_snapshots(area):
@@ -371,32 +446,51 @@ def _names_of_inode(root: str, client: str, group: list[Finding]) -> list[tuple[
             entries = mf.load(root, client, item.name).entries
         except mf.ManifestError:
             entries = []
-        candidates = paths | {e.path for e in entries if e.ino == ino}
+        candidates = {f.path for f in group if f.snapshot == item.name}
+        candidates |= {e.path for e in entries if e.sha256 == expected}
         for path in sorted(candidates):
             opened = _open_in_snapshot(root, client, item.name, path)
             if opened is None:
                 continue
             os.close(opened[0])
-            if (opened[2].st_dev, opened[2].st_ino) == (dev, ino):
+            if opened[2] is not None and (opened[2].st_dev, opened[2].st_ino) == (dev, ino):
                 names.append((item.name, path))
     return names
 
 
-def _copy_metadata(bad_fd: int, new_fd: int, st: os.stat_result) -> None:
-    """Owner, mode, extended attributes (--fake-super's record) and times of the damaged file."""
-    for attr in os.listxattr(bad_fd):
-        os.setxattr(new_fd, attr, os.getxattr(bad_fd, attr))
+def _copy_metadata(template_fd: int, new_fd: int, st: os.stat_result) -> None:
+    """Owner, mode, extended attributes (--fake-super's record) and times."""
+    for attr in os.listxattr(template_fd):
+        os.setxattr(new_fd, attr, os.getxattr(template_fd, attr))
     os.fchown(new_fd, st.st_uid, st.st_gid)
     os.fchmod(new_fd, stat.S_IMODE(st.st_mode))
     os.utime(new_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def _write_good(source_fd: int, dir_fd: int, bad_name: str, expected: str) -> str:
-    """A new file beside the damaged one with the good bytes; returns its name."""
+def _scratch(root: str) -> int:
+    """Root's scratch directory on the drive, emptied of what a crash left."""
+    path = os.path.join(root, HEAL_DIR)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    fd = mf.open_dir_at(path)
+    st = os.fstat(fd)
+    if st.st_uid != 0 or st.st_mode & 0o077:
+        os.close(fd)
+        raise OSError("%s is not root's alone: not used" % path)
+    for name in os.listdir(fd):
+        os.unlink(name, dir_fd=fd)
+    return fd
+
+
+def _write_good(source_fd: int, scratch_fd: int, template_fd: int, expected: str) -> str:
+    """A new file in the scratch directory with the good bytes; returns its name.
+
+    Its owner, mode, xattrs and times come from ``template_fd``: the damaged
+    file (to stand in for it exactly) or, for a missing one, the good copy.
+    """
     tmp = HEAL_PREFIX + uuid.uuid4().hex
-    bad_fd = mf.open_file_at(bad_name, dir_fd)
     new_fd = os.open(
-        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd
+        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=scratch_fd
     )
     try:
         # Read the good copy once, hashing and writing the same bytes.
@@ -411,73 +505,102 @@ def _write_good(source_fd: int, dir_fd: int, bad_name: str, expected: str) -> st
                 view = view[os.write(new_fd, view) :]
         if digest.hexdigest() != expected:
             raise OSError("the good copy changed while it was read")
-        _copy_metadata(bad_fd, new_fd, os.fstat(bad_fd))
+        _copy_metadata(template_fd, new_fd, os.fstat(template_fd))
         os.fsync(new_fd)
     except BaseException:
         os.close(new_fd)
-        os.close(bad_fd)
-        os.unlink(tmp, dir_fd=dir_fd)
+        os.unlink(tmp, dir_fd=scratch_fd)
         raise
     os.close(new_fd)
-    os.close(bad_fd)
     return tmp
 
 
-def _replace_names(root, client, names, dev, ino, first_dir_fd, tmp) -> int:
-    """Put the new inode under every name of the damaged one; returns how many."""
-    replaced = 0
+def _put_in_place(root, client, names, scratch_fd, tmp, dev=None, ino=None) -> int:
+    """Put the new inode under each name, one rename at a time; returns how many.
+
+    With ``dev``/``ino`` a name is replaced only while it still is the damaged
+    inode; without, only while it is still missing (rename never replaces then:
+    link() refuses an existing name).
+    """
+    placed = 0
     for snapshot, path in names:
         opened = _open_in_snapshot(root, client, snapshot, path)
         if opened is None:
             continue
         dir_fd, base, st = opened
         try:
-            if (st.st_dev, st.st_ino) != (dev, ino):
-                continue  # changed since: leave it
             link = HEAL_PREFIX + uuid.uuid4().hex
-            os.link(tmp, link, src_dir_fd=first_dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-            os.rename(link, base, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            if ino is None:
+                if st is not None:
+                    continue  # no longer missing: leave it
+                os.link(tmp, base, src_dir_fd=scratch_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            else:
+                if st is None or (st.st_dev, st.st_ino) != (dev, ino):
+                    continue  # changed since: leave it
+                os.link(
+                    tmp, link, src_dir_fd=scratch_fd, dst_dir_fd=scratch_fd, follow_symlinks=False
+                )
+                os.rename(link, base, src_dir_fd=scratch_fd, dst_dir_fd=dir_fd)
             os.fsync(dir_fd)
-            replaced += 1
+            placed += 1
         finally:
             os.close(dir_fd)
-    return replaced
+    return placed
 
 
 def heal(report: DriveReport, other_root: str | None) -> None:
-    """Repair ``report``'s damaged files on its drive from ``other_root``.
+    """Repair ``report``'s damaged and missing files on its drive from ``other_root``.
 
-    Runs under each area's lock. Only content damage is repaired (a changed
-    size or mtime means someone wrote to the file: that is reported, not
-    overwritten). On btrfs, where finished snapshots are read-only
-    subvolumes, nothing is repaired: it is reported, with btrfs scrub's
-    own findings.
+    Runs under each area's lock. Content damage is repaired under every name
+    of the damaged inode; a missing file (the mirror left out a file that was
+    damaged on the backup drive, say) is put back where its directory exists.
+    A changed size or mtime means someone wrote to the file: reported, never
+    overwritten. On btrfs, where finished snapshots are read-only subvolumes,
+    nothing is repaired: reported, with btrfs scrub's own findings.
     """
     groups: dict[tuple, list[Finding]] = {}
     for finding in report.findings:
-        if finding.problem not in (CONTENT, UNREADABLE):
-            finding.unrepaired = "not a content error"
+        if finding.problem in (CONTENT, UNREADABLE):
+            key = (finding.client, "inode", finding.dev, finding.ino)
+        elif finding.problem == MISSING and not finding.actual:
+            key = (finding.client, "missing", finding.path, finding.expected)
+        else:
+            finding.unrepaired = "not a content error: someone wrote to it"
             continue
         if other_root is None:
             finding.unrepaired = "no other drive"
             continue
-        groups.setdefault((finding.client, finding.dev, finding.ino), []).append(finding)
-    for (client, _dev, _ino), group in groups.items():
-        area = os.path.join(report.drive, client)
-        try:
-            with snap.area_lock(area, wait=300):
-                reason = _heal_group(report.drive, other_root, client, group)
-        except (OSError, snap.SnapshotError) as exc:
-            reason = "repair failed: %s" % exc
-        for finding in group:
-            if reason:
-                finding.unrepaired = reason
-            else:
-                finding.repaired_from = other_root
+        groups.setdefault(key, []).append(finding)
+    if not groups:
+        return
+    try:
+        scratch_fd = _scratch(report.drive)
+    except OSError as exc:
+        for group in groups.values():
+            for finding in group:
+                finding.unrepaired = "repair failed: %s" % exc
+        return
+    try:
+        for (client, kind, *_rest), group in groups.items():
+            area = os.path.join(report.drive, client)
+            try:
+                with snap.area_lock(area, wait=300):
+                    reason = _heal_group(
+                        report.drive, other_root, client, group, scratch_fd, kind == "missing"
+                    )
+            except (OSError, snap.SnapshotError) as exc:
+                reason = "repair failed: %s" % exc
+            for finding in group:
+                if reason:
+                    finding.unrepaired = reason
+                else:
+                    finding.repaired_from = other_root
+    finally:
+        os.close(scratch_fd)
 
 
-def _heal_group(root: str, other_root: str, client: str, group: list[Finding]) -> str:
-    """Repair one damaged inode; returns why not, or '' when repaired."""
+def _heal_group(root, other_root, client, group, scratch_fd, missing) -> str:
+    """Repair one damaged inode, or one missing file; returns why not, or ''."""
     first = group[0]
     if snap.is_subvolume_snapshot(os.path.join(root, client), first.snapshot):
         return "btrfs snapshots are read-only subvolumes: restore by hand (see README)"
@@ -489,24 +612,174 @@ def _heal_group(root: str, other_root: str, client: str, group: list[Finding]) -
     if source_fd is None:
         return why
     try:
-        names = _names_of_inode(root, client, group)
-        if not names:
-            return "the damaged file changed meanwhile"
-        opened = _open_in_snapshot(root, client, names[0][0], names[0][1])
-        if opened is None:
-            return "the damaged file vanished meanwhile"
-        dir_fd, base, _st = opened
-        try:
-            tmp = _write_good(source_fd, dir_fd, base, first.expected)
+        if missing:
+            names = [(f.snapshot, f.path) for f in group]
+            template_fd = source_fd
+        else:
+            names = _names_of_inode(root, client, group)
+            if not names:
+                return "the damaged file changed meanwhile"
+            opened = _open_in_snapshot(root, client, names[0][0], names[0][1])
+            if opened is None or opened[2] is None:
+                return "the damaged file vanished meanwhile"
             try:
-                _replace_names(root, client, names, first.dev, first.ino, dir_fd, tmp)
+                template_fd = mf.open_file_at(opened[1], opened[0])
             finally:
-                os.unlink(tmp, dir_fd=dir_fd)
+                os.close(opened[0])
+        try:
+            tmp = _write_good(source_fd, scratch_fd, template_fd, first.expected)
         finally:
-            os.close(dir_fd)
+            if template_fd != source_fd:
+                os.close(template_fd)
+        try:
+            placed = _put_in_place(
+                root,
+                client,
+                names,
+                scratch_fd,
+                tmp,
+                None if missing else first.dev,
+                None if missing else first.ino,
+            )
+        finally:
+            os.unlink(tmp, dir_fd=scratch_fd)
     finally:
         os.close(source_fd)
+    if placed < len(names):
+        return "repaired %d of %d names; the rest changed meanwhile (verify again)" % (
+            placed,
+            len(names),
+        )
     return ""
+
+
+# --- a run over both drives ------------------------------------------------------
+
+
+@dataclass
+class VerifyRun:
+    reports: list[DriveReport]
+    state: dict
+    manifests_made: int = 0
+
+    @property
+    def repaired(self) -> list[Finding]:
+        return [f for r in self.reports for f in r.findings if f.repaired_from]
+
+    @property
+    def damaged(self) -> list[dict]:
+        """Damage not repaired: this run's and earlier runs' that no run has seen fixed."""
+        return open_damage(self.state)
+
+    @property
+    def problems(self) -> list[str]:
+        return [p for r in self.reports for p in r.manifest_problems]
+
+
+def run_verify(
+    root: str,
+    clients: list[str],
+    mirror_root: str | None,
+    state_dir: str,
+    sample_percent: float | None = None,
+    max_time: float | None = None,
+    restart: bool = False,
+    repair: bool = True,
+    save: bool = True,
+    statvfs=os.statvfs,
+    log=lambda message: None,
+) -> VerifyRun:
+    """Verify the backup drive, then the mirror drive, each from its cursor.
+
+    With ``save`` off (check mode) nothing is written: no missing manifest is
+    made, nothing repaired, no state recorded.
+    """
+    made = catch_up(root, clients, log) if save else 0
+    drives = [(root, mirror_root)]
+    if mirror_root is not None:
+        drives.append((mirror_root, root))
+    state = read_state(state_dir)
+    started = time.monotonic()
+    now = datetime.now(timezone.utc)
+    reports = []
+    for index, (drive, other) in enumerate(drives):
+        saved = state.get("drives", {}).get(drive, {})
+        deadline = None
+        if max_time is not None:
+            # Each drive gets its share of the time.
+            deadline = started + max_time * (index + 1) / len(drives)
+        budget = None
+        if sample_percent is not None:
+            st = statvfs(drive)
+            budget = max(1, int((st.f_blocks - st.f_bfree) * st.f_frsize * sample_percent / 100))
+        report = verify_drive(
+            drive,
+            clients,
+            budget_bytes=budget,
+            deadline=deadline,
+            cursor=None if restart else saved.get("cursor"),
+            other_root=other,
+        )
+        if repair and save:
+            heal(report, other)
+        else:
+            for finding in report.findings:
+                finding.unrepaired = "repair not asked for"
+        if subvolumes.is_btrfs(drive):
+            report.manifest_problems += btrfs_scrub_problems(drive)
+        record(state, report, now)
+        existing = {
+            "%s/%s" % (client, item.name)
+            for client in clients
+            if os.path.isdir(os.path.join(drive, client))
+            for item in snap.list_snapshots(os.path.join(drive, client))
+        }
+        forget_gone(state, {drive: existing})
+        reports.append(report)
+    if save:
+        write_state(state_dir, state)
+    return VerifyRun(reports, state, made)
+
+
+_SCRUB_ERRORS = (
+    "read_errors",
+    "csum_errors",
+    "verify_errors",
+    "super_errors",
+    "uncorrectable_errors",
+)
+
+
+def btrfs_scrub_problems(root: str) -> list[str]:
+    """What the last ``btrfs scrub`` of ``root`` found: btrfs checks its own
+    checksums of every block, which covers what a manifest cannot repair there."""
+    try:
+        result = subprocess.run(
+            [subvolumes.btrfs_command(), "scrub", "status", "-R", root],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except (OSError, subvolumes.SubvolumeError) as exc:
+        return ["btrfs scrub status of %s: %s" % (root, exc)]
+    if result.returncode != 0:
+        return ["btrfs scrub status of %s failed: %s" % (root, result.stderr.strip())]
+    return parse_scrub_status(root, result.stdout)
+
+
+def parse_scrub_status(root: str, text: str) -> list[str]:
+    counts = {}
+    for line in text.splitlines():
+        key, _colon, value = line.strip().partition(":")
+        if key in _SCRUB_ERRORS and value.strip().isdigit() and int(value) > 0:
+            counts[key] = int(value)
+    if not counts:
+        return []
+    return [
+        "btrfs scrub of %s found %s"
+        % (root, ", ".join("%s %d" % item for item in sorted(counts.items())))
+    ]
 
 
 # --- state ----------------------------------------------------------------------
@@ -532,8 +805,8 @@ def write_state(state_dir: str, state: dict) -> None:
 def record(state: dict, report: DriveReport, now: datetime) -> None:
     """Fold one drive's report into the state: cursor, per-snapshot verdicts, open damage.
 
-    Open damage stays until a later run finds that file intact (repaired, or
-    restored by hand) or its snapshot is gone.
+    Open damage stays until a later run checks that entry again and finds
+    it intact (repaired, or restored by hand), or its snapshot is gone.
     """
     drive = state.setdefault("drives", {}).setdefault(report.drive, {})
     stamp = now.astimezone(timezone.utc).isoformat(timespec="seconds")
@@ -545,9 +818,11 @@ def record(state: dict, report: DriveReport, now: datetime) -> None:
     open_damage = {(d["client"], d["snapshot"], d["path"]): d for d in drive.get("damage", [])}
     for key in report.snapshots:
         verified[key] = stamp
+    for key, (first, stop) in report.ranges.items():
         client, name = key.split("/", 1)
-        for item in [k for k in open_damage if k[:2] == (client, name)]:
-            del open_damage[item]
+        for item, damage in list(open_damage.items()):
+            if item[:2] == (client, name) and first <= damage.get("index", -1) < stop:
+                del open_damage[item]
     for finding in report.findings:
         if finding.repaired_from:
             continue
@@ -577,3 +852,53 @@ def forget_gone(state: dict, existing: dict[str, set[str]]) -> None:
 
 def open_damage(state: dict) -> list[dict]:
     return [d for drive in state.get("drives", {}).values() for d in drive.get("damage", [])]
+
+
+def metrics_text(state: dict) -> str:
+    """Prometheus lines for verify: open damage and the last complete pass, per drive."""
+    lines = [
+        "# HELP linkdest_damaged_files Files that verify found damaged and could not repair.",
+        "# TYPE linkdest_damaged_files gauge",
+    ]
+    drives = state.get("drives", {})
+    for root, drive in sorted(drives.items()):
+        lines.append('linkdest_damaged_files{drive="%s"} %d' % (root, len(drive.get("damage", []))))
+    lines += [
+        "# HELP linkdest_verify_last_complete_timestamp_seconds"
+        " When verify last reached the end of the drive.",
+        "# TYPE linkdest_verify_last_complete_timestamp_seconds gauge",
+    ]
+    for root, drive in sorted(drives.items()):
+        if drive.get("last_complete"):
+            stamp = datetime.fromisoformat(drive["last_complete"]).timestamp()
+            lines.append(
+                'linkdest_verify_last_complete_timestamp_seconds{drive="%s"} %d' % (root, stamp)
+            )
+    return "\n".join(lines) + "\n"
+
+
+def verification_of(root: str, client: str, names: list[str], state: dict) -> dict[str, dict]:
+    """Per snapshot: its manifest (trusted, missing or why not trusted), when
+    verify last checked it whole on this drive, and its open damage."""
+    drive = state.get("drives", {}).get(root, {})
+    verified = drive.get("snapshots", {})
+    damage: dict[str, list[str]] = {}
+    for item in drive.get("damage", []):
+        if item["client"] == client:
+            damage.setdefault(item["snapshot"], []).append(item["path"])
+    out = {}
+    for name in names:
+        if not mf.has_manifest(root, client, name):
+            manifest = "missing"
+        else:
+            try:
+                mf.load(root, client, name)
+                manifest = "trusted"
+            except mf.ManifestError as exc:
+                manifest = "not trusted: %s" % exc
+        out[name] = {
+            "manifest": manifest,
+            "verified": verified.get("%s/%s" % (client, name)),
+            "damaged": sorted(damage.get(name, [])),
+        }
+    return out

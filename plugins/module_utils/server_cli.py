@@ -23,7 +23,13 @@ import syslog
 from datetime import datetime, timedelta, timezone
 
 from ansible_collections.linkdest.backup.plugins.module_utils import gate as gate_lib
-from ansible_collections.linkdest.backup.plugins.module_utils import health, retention, subvolumes
+from ansible_collections.linkdest.backup.plugins.module_utils import (
+    health,
+    retention,
+    scrub,
+    subvolumes,
+)
+from ansible_collections.linkdest.backup.plugins.module_utils import manifest as mf
 from ansible_collections.linkdest.backup.plugins.module_utils import snapshots as snap
 
 CONFIG_PATH = "/etc/linkdest/server.json"
@@ -39,6 +45,8 @@ EXIT_NOT_MOUNTED = 72
 EXIT_NO_SPACE = 73
 # Between linkdest-server and its root helper only: the name is taken (EEXIST).
 EXIT_EXISTS = 17
+# verify: damage that was not repaired, or a manifest that cannot be trusted.
+EXIT_DAMAGED = 4
 
 # How the drive is measured; tests put a fake file system here.
 STATVFS = os.statvfs
@@ -277,6 +285,7 @@ def _gate_finalize(config: Config, client: str, area: str, request) -> int:
                 )
                 continue
             _log(client, "removed superseded %s" % stale.name)
+        _make_manifest(config, client, plan.final)
         _journal(
             area,
             snapshot=plan.final,
@@ -289,6 +298,36 @@ def _gate_finalize(config: Config, client: str, area: str, request) -> int:
         _prune_after_finalize(config, client, area)
         sys.stdout.write(plan.final + "\n")
         return 0
+
+
+def _make_manifest(config: Config, client: str, name: str) -> None:
+    """Have root write the new snapshot's manifest, under the lock finalize holds.
+
+    The laptop's account cannot write manifests (that is their point), so it
+    asks root through the sudo rule for ``manifest NAME``. The snapshot is
+    finished whatever happens here: a failure warns, and root's daily
+    ``manifest --all`` makes the missing manifest later.
+    """
+    if os.geteuid() == 0:
+        try:
+            scrub.make_manifest(config.root, client, name)
+        except (OSError, snap.SnapshotError, mf.ManifestError) as exc:
+            failure = str(exc)
+        else:
+            return
+    else:
+        result = subprocess.run(
+            [*config.subvolume_helper, "manifest", name],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode == 0:
+            return
+        failure = result.stderr.strip() or "exit %d" % result.returncode
+    _log(client, "no manifest for %s yet: %s" % (name, failure), syslog.LOG_WARNING)
+    sys.stderr.write("linkdest-server: warning: no manifest for %s yet: %s\n" % (name, failure))
 
 
 def _prune_after_finalize(config: Config, client: str, area: str) -> None:
@@ -371,6 +410,8 @@ def cmd_gate(config: Config, client: str) -> int:
         request, (gate_lib.SendRequest, gate_lib.LocateRequest, gate_lib.VersionsRequest)
     ):
         return _gate_read(config, client, area, request)
+    if isinstance(request, gate_lib.ManifestRequest):
+        return _gate_manifest(config, client, area, request)
     return _print_list(area)
 
 
@@ -419,6 +460,42 @@ def _gate_read(config: Config, client: str, area: str, request) -> int:
         return EXIT_NOT_FOUND
     _log(client, "sending %s/%s" % (request.snapshot, request.relpath))
     return subprocess.call(sender_argv(config, request), cwd=area)
+
+
+def _gate_manifest(config: Config, client: str, area: str, request) -> int:
+    """A finished snapshot's manifest, for ``linkdest verify`` on the laptop.
+
+    Manifests are root's alone (another laptop's would tell its file names),
+    so the account asks root for its own through the sudo rule.
+    """
+    finished = [s.name for s in snap.list_snapshots(area)]
+    name = request.snapshot or (finished[-1] if finished else None)
+    if name is None or name not in finished:
+        sys.stderr.write("linkdest-server: no finished snapshot %s\n" % (name or "yet"))
+        return EXIT_NOT_FOUND
+    if os.geteuid() == 0:
+        return show_manifest(config, client, name)
+    result = subprocess.run(
+        [*config.subvolume_helper, "manifest", name, "--show"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        check=False,
+    )
+    sys.stdout.buffer.write(result.stdout)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(result.stderr)
+    return EXIT_NOT_FOUND if result.returncode else 0
+
+
+def show_manifest(config: Config, client: str, name: str) -> int:
+    """Print one trusted manifest, after a line of what verify last found for it."""
+    manifest = mf.load(config.root, client, name)
+    state = scrub.read_state(config.state_dir)
+    facts = scrub.verification_of(config.root, client, [name], state)[name]
+    header = {"snapshot": name, "verified": facts["verified"], "damaged": facts["damaged"]}
+    sys.stdout.write(json.dumps(header, sort_keys=True) + "\n")
+    sys.stdout.write(mf.text_of(manifest))
+    return 0
 
 
 def cmd_finalize(config: Config, client: str, snapshot: str) -> int:
@@ -641,6 +718,13 @@ def cmd_adopt(config: Config, client: str, dry_run: bool = False) -> int:
         )
         if not dry_run:
             _log(client, "adopted %s (%d entries) for %s" % (name, count, account.pw_name))
+    if adopted and not dry_run and os.geteuid() == 0:
+        # The adopted snapshots get manifests now, oldest first. (Snapshots
+        # of an area with nothing to adopt get theirs from root's daily
+        # `manifest --all`, not from a converge that would read a whole drive.)
+        made = scrub.catch_up(config.root, [client], log=lambda text: _log(client, text))
+        if made:
+            sys.stdout.write("made %d manifest(s) for %s\n" % (made, client))
     return 0
 
 
@@ -691,9 +775,20 @@ def cmd_check(config: Config, quiet: bool = False) -> int:
         mirror_stale_after_hours=config.mirror_stale_after_hours,
         min_free_percent=config.space_guard.min_free_percent,
     )
+    verify_state = scrub.read_state(config.state_dir)
+    damaged = scrub.open_damage(verify_state)
+    if damaged:
+        # Stays until a verify run finds the files intact (README: when both
+        # copies of a file are bad).
+        snapshots = sorted({"%(client)s/%(snapshot)s" % d for d in damaged})
+        report.findings.append(
+            "%d damaged file(s) not repaired in %s (see linkdest-server verify)"
+            % (len(damaged), ", ".join(snapshots[:10]))
+        )
     if config.metrics_dir:
         path = os.path.join(config.metrics_dir, "linkdest.prom")
-        health.write_atomically(path, health.metrics_text(areas, drive, mirror_last))
+        text = health.metrics_text(areas, drive, mirror_last) + scrub.metrics_text(verify_state)
+        health.write_atomically(path, text)
     for finding in report.findings:
         _log("-", "check: " + finding, syslog.LOG_WARNING)
         sys.stdout.write("linkdest-server check: %s\n" % finding)
@@ -757,6 +852,154 @@ def cmd_subvolume(config: Config, operation: str, name: str) -> int:
             runs.remove(name)
     except (FileExistsError, snap.NameCollisionError):
         return EXIT_EXISTS
+    return 0
+
+
+def _sudo_client(config: Config, verb: str) -> str | None:
+    """The laptop whose account called this through sudo; None for anyone else."""
+    try:
+        account = pwd.getpwuid(int(os.environ["SUDO_UID"])).pw_name
+    except (KeyError, ValueError):
+        return None
+    clients = [c for c, a in config.clients.items() if a == account]
+    if len(clients) > 1:
+        raise gate_lib.GateRefused("%s: %s is the account of several laptops" % (verb, account))
+    return clients[0] if clients else None
+
+
+def cmd_manifest(
+    config: Config, name: str | None, every: bool, quiet: bool = False, show: bool = False
+) -> int:
+    """Write missing manifests: one for a laptop's account (sudo), all for root.
+
+    Through the sudo rule a laptop's account names one finished snapshot of
+    its own area, whose manifest root writes (under the lock the account's
+    finalize holds). A manifest that is already there and trusted is never
+    rewritten, so the account cannot bless content changed after the fact.
+    """
+    if os.geteuid() != 0:
+        raise gate_lib.GateRefused("manifest: only root runs this (laptops through sudo)")
+    client = _sudo_client(config, "manifest")
+    if client is not None:
+        parsed = snap.parse_snapshot_name(name or "")
+        if every or parsed is None or not parsed.complete:
+            _log(client, "refused: manifest %r" % name, syslog.LOG_WARNING)
+            raise gate_lib.GateRefused("manifest: refused %r" % name)
+        if show:
+            return show_manifest(config, client, name)
+        finished = snap.list_snapshots(config.area(client))
+        if not finished or finished[-1].name != name:
+            # Only the snapshot the account just finalized: older ones get
+            # theirs from root's daily `manifest --all`.
+            raise gate_lib.GateRefused("manifest: %s is not the newest snapshot" % name)
+        stats = scrub.make_manifest(config.root, client, name)
+        if stats is not None:
+            priority = syslog.LOG_ERR if stats.skipped else syslog.LOG_INFO
+            _log(client, "manifest of %s: %s" % (name, stats.describe()), priority)
+        return 0
+    if not every:
+        raise gate_lib.GateRefused("manifest: give --all (a laptop's account names a snapshot)")
+
+    def log(text: str) -> None:
+        _log("-", text)
+        if not quiet:
+            sys.stdout.write(text + "\n")
+
+    made = scrub.catch_up(config.root, sorted(config.clients), log=log)
+    if not quiet:
+        sys.stdout.write("%d manifest(s) made\n" % made)
+    return 0
+
+
+def _mirror_drive() -> tuple[str | None, str]:
+    """The mirror drive's root when it is set up and present, else why not."""
+    if not os.path.exists(MIRROR_CONFIG):
+        return None, "no drive mirror is set up"
+    from ansible_collections.linkdest.backup.plugins.module_utils import mirror
+
+    try:
+        mirror_config = mirror.load_config(MIRROR_CONFIG)
+        mirror.check_drive(
+            mirror_config.destination,
+            mirror.DESTINATION,
+            mirror_config.destination_must_be_mount,
+        )
+        marker = mirror.read_marker(mirror_config.destination)
+    except (mirror.MirrorError, OSError) as exc:
+        return None, "the mirror drive is not available: %s" % exc
+    if marker is None or marker.role != mirror.DESTINATION:
+        return None, "the mirror drive carries no destination marker (not set up yet)"
+    return mirror_config.destination, ""
+
+
+def cmd_verify(
+    config: Config,
+    sample_percent: float | None = None,
+    max_time: float | None = None,
+    restart: bool = False,
+    repair: bool = True,
+    quiet: bool = False,
+) -> int:
+    """Re-read the snapshots of both drives, compare with the manifests, repair.
+
+    Each drive keeps a cursor: a run goes on where the last one stopped and,
+    without --sample or --max-time, to the end of the drive (a full pass).
+    """
+    if os.geteuid() != 0:
+        raise gate_lib.GateRefused("verify: only root runs this")
+    out = (lambda text: None) if quiet else (lambda text: sys.stdout.write(text + "\n"))
+    mirror_root, why_not = _mirror_drive()
+    if mirror_root is None:
+        out("verify: only the backup drive: %s" % why_not)
+    run = scrub.run_verify(
+        config.root,
+        sorted(config.clients),
+        mirror_root,
+        config.state_dir,
+        sample_percent=sample_percent,
+        max_time=max_time,
+        restart=restart,
+        repair=repair,
+        statvfs=STATVFS,
+        log=lambda text: _log("-", text),
+    )
+    for report in run.reports:
+        for finding in report.findings:
+            _log(finding.client, "verify: " + finding.describe(), syslog.LOG_ERR)
+            sys.stdout.write(finding.describe() + "\n")
+        for problem in report.manifest_problems:
+            _log("-", "verify: " + problem, syslog.LOG_ERR)
+            sys.stdout.write("%s: %s\n" % (report.drive, problem))
+        out(
+            "%s: %d file(s) in %d snapshot(s), %d inode(s) read (%s), %s%s"
+            % (
+                report.drive,
+                report.files,
+                len(report.snapshots),
+                report.inodes_read,
+                retention.format_bytes(report.bytes_read),
+                "end of the drive" if report.complete else "stopped (the next run goes on)",
+                ", %d without a manifest" % len(report.no_manifest) if report.no_manifest else "",
+            )
+        )
+    if run.repaired:
+        run_alert(
+            config,
+            "repaired",
+            "verify repaired %d damaged file(s) from the other drive: %s"
+            % (len(run.repaired), "; ".join(f.describe() for f in run.repaired[:20])),
+        )
+    if run.damaged or run.problems:
+        lines = [
+            "%(drive)s: %(client)s/%(snapshot)s/%(path)s: %(problem)s" % d for d in run.damaged
+        ]
+        run_alert(
+            config,
+            "damaged",
+            "verify: %d damaged file(s) not repaired, %d manifest problem(s): %s"
+            % (len(run.damaged), len(run.problems), "; ".join((lines + run.problems)[:20])),
+        )
+        return EXIT_DAMAGED
     return 0
 
 
@@ -846,6 +1089,33 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="this run's threshold instead of the configured one",
     )
+    manifest = sub.add_parser(
+        "manifest",
+        help="write the manifests snapshots lack (root: --all; a laptop's account: one, via sudo)",
+    )
+    manifest.add_argument("snapshot", nargs="?", help="back-T (a laptop's account only)")
+    manifest.add_argument("--all", action="store_true", help="every client's snapshots")
+    manifest.add_argument("--quiet", action="store_true", help="print nothing but errors (cron)")
+    manifest.add_argument(
+        "--show", action="store_true", help="print the snapshot's manifest (a laptop's account)"
+    )
+    verify = sub.add_parser(
+        "verify",
+        help="re-read snapshots on both drives, compare with the manifests, repair",
+        description="Goes on where the last run stopped; without --sample or --max-time"
+        " it reads to the end of each drive. Exit 4: damage that was not repaired, or a"
+        " manifest that cannot be trusted.",
+    )
+    verify.add_argument(
+        "--sample",
+        type=float,
+        metavar="PERCENT",
+        help="stop after reading this share of each drive's used space",
+    )
+    verify.add_argument("--max-time", type=float, metavar="SECONDS", help="stop after this long")
+    verify.add_argument("--restart", action="store_true", help="start again from the beginning")
+    verify.add_argument("--no-repair", action="store_true", help="report damage, repair nothing")
+    verify.add_argument("--quiet", action="store_true", help="print nothing but damage (cron)")
     return parser
 
 
@@ -872,11 +1142,32 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_subvolume(config, args.operation, args.name)
         if args.command == "adopt":
             return cmd_adopt(config, args.client, dry_run=args.dry_run)
+        if args.command == "manifest":
+            return cmd_manifest(config, args.snapshot, args.all, quiet=args.quiet, show=args.show)
+        if args.command == "verify":
+            if args.sample is not None and not 0 < args.sample <= 100:
+                raise gate_lib.GateRefused("verify: --sample must be a percentage above 0")
+            if args.max_time is not None and args.max_time <= 0:
+                raise gate_lib.GateRefused("verify: --max-time must be above 0 seconds")
+            return cmd_verify(
+                config,
+                sample_percent=args.sample,
+                max_time=args.max_time,
+                restart=args.restart,
+                repair=not args.no_repair,
+                quiet=args.quiet,
+            )
         if args.command == "check":
             if args.stale_after_hours is not None:
                 config.stale_after_hours = args.stale_after_hours
             return cmd_check(config, quiet=args.quiet)
         return _print_list(config.area(args.client), usage=args.usage)
-    except (snap.SnapshotError, gate_lib.GateRefused, subvolumes.SubvolumeError, OSError) as exc:
+    except (
+        snap.SnapshotError,
+        gate_lib.GateRefused,
+        subvolumes.SubvolumeError,
+        mf.ManifestError,
+        OSError,
+    ) as exc:
         sys.stderr.write("linkdest-server: %s\n" % exc)
         return 1

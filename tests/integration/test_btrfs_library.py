@@ -385,3 +385,41 @@ def test_a_failing_receive_ends_the_copy_instead_of_hanging(area, mirror_drive):
     assert not result.ok
     assert "btrfs send/receive exit" in result.message
     assert os.listdir(dest / name) == []  # what was there is left alone
+
+
+# --- manifests and verify on btrfs (issue 12) -------------------------------------------
+
+
+def test_manifests_read_only_what_a_run_rewrote_and_verify_reads_shared_files_once(area, drive):
+    from ansible_collections.linkdest.backup.plugins.module_utils import manifest as mf
+    from ansible_collections.linkdest.backup.plugins.module_utils import scrub
+
+    first = backup(area, {"a.txt": "one", "big.bin": "x" * 1_000_000}, NOW)
+    scrub.make_manifest(str(drive), "laptop", first)
+    # The next run rewrites a.txt in place (rsync --inplace does, on btrfs)
+    # with the same size and the same mtime: only the ctime tells.
+    incoming = snap.start_incomplete(str(area), NOW + timedelta(hours=1), "btrfs")
+    target = area / incoming.name / "a.txt"
+    st = os.lstat(target)
+    assert write_as_account(target, "ONE") == 0
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.lstat(target).st_ino == st.st_ino
+    second = snap.finalize(str(area), incoming.name).final
+
+    stats = scrub.make_manifest(str(drive), "laptop", second)
+
+    assert (stats.files, stats.read_files, stats.reused_files) == (2, 1, 1)
+    entries = mf.load(str(drive), "laptop", second).by_path()
+    assert entries["a.txt"].sha256 != mf.load(str(drive), "laptop", first).by_path()["a.txt"].sha256
+    report = scrub.verify_drive(str(drive), ["laptop"])
+    assert report.findings == []
+    assert report.files == 4
+    # big.bin once (the same extents in both), a.txt twice (rewritten).
+    assert report.inodes_read == 3
+    # A damaged snapshot on btrfs is reported, never written (read-only).
+    report.findings.append(
+        scrub.Finding(str(drive), "laptop", second, "a.txt", scrub.CONTENT, "0" * 64)
+    )
+    scrub.heal(report, str(drive))
+    assert "read-only subvolumes" in report.findings[0].unrepaired
+    assert (area / second / "a.txt").read_text() == "ONE"

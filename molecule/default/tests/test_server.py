@@ -4,6 +4,7 @@
 
 import os
 import pathlib
+import shlex
 import subprocess
 import time
 
@@ -86,8 +87,15 @@ def test_the_server_check_alerts_on_a_stale_laptop(host):
 
 def test_cron_runs_the_prune_and_the_check(host):
     cron = host.file("/etc/cron.d/linkdest-server").content_string
-    assert "30 3 * * * root /usr/local/sbin/linkdest-server prune --all --quiet" in cron
+    assert (
+        "30 3 * * * root /usr/local/sbin/linkdest-server prune --all --quiet;"
+        " /usr/local/sbin/linkdest-server manifest --all --quiet" in cron
+    )
     assert "0 8 * * * root /usr/local/sbin/linkdest-server check --quiet" in cron
+    assert (
+        "30 4 * * 0 root nice -n 19 ionice -c 3 /usr/local/sbin/linkdest-server verify"
+        " --quiet --sample 25 --max-time 21600" in cron
+    )
 
 
 def test_sshd_is_hardened_beyond_key_only(host):
@@ -146,3 +154,53 @@ def test_a_planted_drop_in_that_turns_passwords_on_fails_the_run(host):
     assert result.returncode != 0
     assert "passwordauthentication no" in result.stdout + result.stderr
     assert "another file sets them first" in result.stdout + result.stderr
+
+
+# --- manifests and verify (issue 12) ------------------------------------------------
+
+MANIFEST_CHECK = r"""
+import hashlib, json, os, sys
+sys.path.insert(0, "/usr/local/lib/linkdest")
+from ansible_collections.linkdest.backup.plugins.module_utils import manifest as mf
+root, client = %r, %r
+out = {}
+for name in sorted(n for n in os.listdir(os.path.join(root, client)) if n.startswith("back-")):
+    path = mf.manifest_path(root, client, name)
+    st = os.stat(path)
+    entries = mf.load(root, client, name).entries
+    bad = [e.path for e in entries
+           if hashlib.sha256(open(os.path.join(root, client, name, e.path), "rb").read())
+           .hexdigest() != e.sha256]
+    out[name] = {"owner": st.st_uid, "mode": st.st_mode & 0o777, "files": len(entries),
+                 "bad": bad}
+print(json.dumps(out))
+"""
+
+
+def test_every_snapshot_has_a_root_owned_manifest_that_matches_it(host):
+    for client in ("laptop-a", "laptop-b"):
+        found = lib.server_py(host, MANIFEST_CHECK % (lib.ROOT, client))
+        assert sorted(found) == lib.snapshot_names(host, client)
+        assert found, client
+        for name, facts in found.items():
+            assert (facts["owner"], facts["mode"], facts["bad"]) == (0, 0o600, []), name
+        # Some snapshots hold only directories (a test empties the folder).
+        assert sum(facts["files"] for facts in found.values()) > 0, client
+
+
+def test_the_laptop_account_can_ask_root_for_its_manifest_and_nothing_else(host):
+    listed = lib.run_ok(host, "sudo -l -U bk-laptop-a")
+    assert "(root) NOPASSWD: /usr/local/sbin/linkdest-server manifest back-*" in listed
+    assert "subvolume" not in listed
+    manifests = "%s/.linkdest-manifests/laptop-a" % lib.ROOT
+    attempt = host.run("su -s /bin/sh bk-laptop-a -c %s" % shlex.quote("touch %s/x" % manifests))
+    assert attempt.rc != 0
+    assert "Permission denied" in attempt.stderr
+
+
+def test_verify_reads_both_laptops_snapshots_and_finds_nothing_wrong(host):
+    result = host.run("/usr/local/sbin/linkdest-server verify --restart")
+    assert result.rc == 0, result.stdout + result.stderr
+    assert "only the backup drive: no drive mirror is set up" in result.stdout
+    assert "end of the drive" in result.stdout
+    assert "without a manifest" not in result.stdout

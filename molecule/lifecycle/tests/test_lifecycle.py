@@ -262,16 +262,21 @@ def test_root_prunes_every_area_daily_from_cron(server):
     cron = server.file("/etc/cron.d/linkdest-server")
     assert cron.user == "root"
     assert cron.mode == 0o644
-    assert (
-        "30 3 * * * root /usr/local/sbin/linkdest-server prune --all --quiet"
-        in cron.content_string.splitlines()
-    )
+    line = "%s prune --all --quiet; %s manifest --all --quiet" % (SERVER_CMD, SERVER_CMD)
+    assert "30 3 * * * root " + line in cron.content_string.splitlines()
     assert server.service("cron").is_running
     # What cron runs: quiet when there is nothing to say, and the area stays the laptop's.
     before = finished(server)
-    result = server.run("%s prune --all --quiet" % SERVER_CMD)
+    result = server.run(line)
     assert result.rc == 0, result.stderr
     assert result.stdout == ""
     assert finished(server) == before
+    # Afterwards every finished snapshot has a manifest, and no pruned one keeps its own.
+    manifests = lib.server_py(
+        server,
+        "import os, json; print(json.dumps(sorted(os.listdir(%r))))"
+        % ("%s/.linkdest-manifests/%s" % (lib.ROOT, CLIENT)),
+    )
+    assert manifests == before
     lock = server.file(AREA + "/.linkdest.lock")
     assert lock.user == ACCOUNT

@@ -41,6 +41,8 @@ UPLOAD_DESTINATIONS = [
     ("c10's finished snapshot by ..", "../c10/{c10_latest}/"),
     ("c10's finished snapshot by absolute path", "/media/backup_drive/c10/{c10_latest}/"),
     ("c1's own finished snapshot by absolute path", "/media/backup_drive/c1/{c1_latest}/"),
+    ("the manifests by ..", "../.linkdest-manifests/c1/"),
+    ("the manifests by absolute path", "/media/backup_drive/.linkdest-manifests/c1/"),
     ("/etc", "/etc/"),
     ("the accounts' home", "/var/lib/linkdest-server/.ssh/"),
 ]
@@ -128,6 +130,9 @@ LOOKUPS = [
     ("versions by ..", "versions ../../c10/{c10_latest}/c10-secret.txt"),
     ("locate of a file only c10 has", "locate c10-secret.txt"),
     ("versions of a file only c10 has", "versions c10-secret.txt"),
+    ("the manifest of c10's snapshot by name", "manifest {c10_latest}"),
+    ("the manifest of c10's snapshot by ..", "manifest ../c10/{c10_latest}"),
+    ("the manifests of every laptop", "manifest --all"),
 ]
 
 

@@ -14,11 +14,13 @@ def test_write_the_attempts_table():
         " laptop user (what malware on a stolen laptop could do), unless it says it runs"
         " on the server. 'Nothing changed' compares a fingerprint of every path in every"
         " finished snapshot of both laptops (content sha256, inode, link count, mode,"
-        " owner, mtime, the --fake-super record) plus each area's names and `current`,"
-        " before and after. Verdicts: *refused, nothing changed*; *contained* (something a"
-        " laptop may do, such as uploading a new snapshot, that reached neither history nor"
-        " another area); *FAIL* (not what issue 5 promises); *HOLE* (history or another"
-        " laptop's data was harmed, or a protection went away). Snapshot names are shown"
+        " owner, mtime, the --fake-super record) and of every snapshot's manifest (the"
+        " root-owned record verify checks snapshots against), plus each area's names and"
+        " `current`, before and after. Verdicts: *refused, nothing changed*; *contained*"
+        " (something a laptop may do, such as uploading a new snapshot, that reached"
+        " neither history nor another area); *FAIL* (not what issue 5 promises); *HOLE*"
+        " (history or another laptop's data was harmed, or a protection went away)."
+        " Snapshot names are shown"
         " as back-T.\n\n" + attempts_table(),
         encoding="utf-8",
     )

@@ -10,6 +10,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 import time
 
 import testinfra
@@ -255,9 +256,15 @@ def record(path):
             st.st_mtime_ns, content, fake]
 
 out = {"root": record(root)[2:5], "names": sorted(os.listdir(root)), "areas": {}}
+# The manifests each snapshot is verified against (root's, never a laptop's).
+manifests = os.path.join(root, ".linkdest-manifests")
+out["manifests"] = {}
+for base, dirs, leaves in os.walk(manifests):
+    for one in [base] + [os.path.join(base, n) for n in dirs + leaves]:
+        out["manifests"][os.path.relpath(one, root)] = record(one)
 for client in out["names"]:
     area = os.path.join(root, client)
-    if not stat.S_ISDIR(os.lstat(area).st_mode):
+    if client.startswith(".") or not stat.S_ISDIR(os.lstat(area).st_mode):
         continue
     names = sorted(os.listdir(area))
     link = os.path.join(area, "current")
@@ -319,6 +326,11 @@ def fingerprint_diff(before: dict, after: dict, limit: int = 15) -> list[str]:
                 if old_group.get(path) != new_group.get(path):
                     change = _record_diff(old_group.get(path), new_group.get(path))
                     lines.append("%s/%s: %s" % (client, path, change))
+    old_manifests, new_manifests = before.get("manifests", {}), after.get("manifests", {})
+    for path in sorted(set(old_manifests) | set(new_manifests)):
+        if old_manifests.get(path) != new_manifests.get(path):
+            change = _record_diff(old_manifests.get(path), new_manifests.get(path))
+            lines.append("%s: %s" % (path, change))
     return lines[:limit] + (["... %d more" % (len(lines) - limit)] if len(lines) > limit else [])
 
 
@@ -345,3 +357,26 @@ def journal_since(host, cursor: str) -> str:
     return host.run(
         "journalctl -q -o cat --no-pager --after-cursor=%s" % shlex.quote(cursor)
     ).stdout
+
+
+# --- damage as a failing disk does it (issue 12) -------------------------------------------
+
+# Flip one byte in place: the same inode, size and mtime, so rsync's quick
+# check cannot see it; only a checksum can. Run as a script: PATH OFFSET.
+FLIP_PY = (
+    "import os, sys; p, off = sys.argv[1], int(sys.argv[2]); st = os.stat(p);"
+    " fd = os.open(p, os.O_RDWR); b = os.pread(fd, 1, off);"
+    " os.pwrite(fd, bytes([b[0] ^ 0xFF]), off); os.fsync(fd); os.close(fd);"
+    " os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))"
+)
+
+
+def flip_byte(path, offset: int = 0) -> None:
+    """Damage a local file (unit tests)."""
+    subprocess.run([sys.executable, "-c", FLIP_PY, str(path), str(offset)], check=True)
+
+
+def flip_on(host, path: str, offset: int = 0) -> None:
+    """Damage a file on a test host."""
+    result = host.run("python3 -c %s %s %d" % (shlex.quote(FLIP_PY), shlex.quote(path), offset))
+    assert result.rc == 0, result.stderr

@@ -68,8 +68,9 @@ def test_manifest_is_root_only_and_atomic(tmp_path):
     make_tree(snapshot)
     path = mf.write(str(tmp_path), CLIENT, snapshot.name, mf.build(str(snapshot))[0])
     st = os.stat(path)
-    assert (st.st_uid, st.st_mode & 0o777) == (0, 0o644)
-    assert os.stat(tmp_path / mf.MANIFEST_DIR).st_mode & 0o777 == 0o755
+    assert (st.st_uid, st.st_mode & 0o777) == (0, 0o600)
+    assert os.stat(tmp_path / mf.MANIFEST_DIR).st_mode & 0o777 == 0o700
+    assert os.stat(tmp_path / mf.MANIFEST_DIR / CLIENT).st_mode & 0o777 == 0o700
     assert os.listdir(os.path.dirname(path)) == [snapshot.name]  # no temporary left
 
 
@@ -154,7 +155,7 @@ def test_edited_manifest_is_not_trusted(tmp_path):
     ("tamper", "message"),
     [
         (lambda path: os.chown(path, 1000, 1000), "owned by uid 1000"),
-        (lambda path: os.chmod(path, 0o664), "can be written by others"),
+        (lambda path: os.chmod(path, 0o620), "can be written by others"),
         (lambda path: os.chown(path.parent, 1000, 1000), "owned by uid 1000"),
         (lambda path: os.chmod(path.parent.parent, 0o777), "can be written by others"),
     ],

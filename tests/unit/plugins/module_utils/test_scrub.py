@@ -16,6 +16,7 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
+import linkdest_testlib as lib
 import pytest
 
 from ansible_collections.linkdest.backup.plugins.module_utils import manifest as mf
@@ -26,17 +27,6 @@ RSYNC = shutil.which("rsync")
 CLIENT = "laptop-a"
 NOW = datetime(2026, 11, 26, 10, 0, 0, tzinfo=timezone.utc)
 XATTR = "user.rsync.%stat"
-
-
-def flip_byte(path: Path, offset: int = 0) -> None:
-    """Damage a file in place the way a bad sector does: same size, same mtime."""
-    st = path.stat()
-    with open(path, "r+b") as handle:
-        handle.seek(offset)
-        byte = handle.read(1)
-        handle.seek(offset)
-        handle.write(bytes([byte[0] ^ 0xFF]))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def fingerprint(root: Path) -> dict:
@@ -125,7 +115,7 @@ def test_flipped_byte_same_size_and_mtime_is_found_in_every_snapshot_and_repaire
     good_ino = good.stat().st_ino
     bad = drives.path(drives.one, drives.names[1], "docs/a.txt")
     bad_ino = bad.stat().st_ino
-    flip_byte(bad, 100)
+    lib.flip_byte(bad, 100)
 
     report = scrub.verify_drive(str(drives.one), [CLIENT])
     assert sorted((f.snapshot, f.path, f.problem) for f in report.findings) == [
@@ -150,7 +140,7 @@ def test_flipped_byte_same_size_and_mtime_is_found_in_every_snapshot_and_repaire
 
 def test_damage_on_both_drives_is_reported_not_repaired(drives):
     for drive in (drives.one, drives.two):
-        flip_byte(drives.path(drive, drives.names[2], "c.bin"), 5)
+        lib.flip_byte(drives.path(drive, drives.names[2], "c.bin"), 5)
     damaged = drives.path(drives.one, drives.names[2], "c.bin").read_bytes()
     report = scrub.verify_drive(str(drives.one), [CLIENT])
     scrub.heal(report, str(drives.two))
@@ -161,7 +151,7 @@ def test_damage_on_both_drives_is_reported_not_repaired(drives):
 
 def test_drive_two_is_repaired_from_drive_one(drives):
     before = fingerprint(drives.two)
-    flip_byte(drives.path(drives.two, drives.names[0], "docs/b.txt"))
+    lib.flip_byte(drives.path(drives.two, drives.names[0], "docs/b.txt"))
     report = scrub.verify_drive(str(drives.two), [CLIENT])
     assert len(report.findings) == 3
     scrub.heal(report, str(drives.one))
@@ -174,7 +164,7 @@ def test_changed_mtime_or_size_is_reported_never_overwritten(drives):
     report = scrub.verify_drive(str(drives.one), [CLIENT])
     scrub.heal(report, str(drives.two))
     assert {(f.problem, f.unrepaired) for f in report.findings} == {
-        (scrub.CHANGED, "not a content error")
+        (scrub.CHANGED, "not a content error: someone wrote to it")
     }
     assert path.read_bytes() == b"someone wrote here\n"
 
@@ -189,7 +179,7 @@ def test_missing_file_and_untrusted_manifest_are_reported(drives):
 
 
 def test_slices_resume_from_the_cursor_and_cover_everything(drives):
-    flip_byte(drives.path(drives.one, drives.names[0], "c.bin"))
+    lib.flip_byte(drives.path(drives.one, drives.names[0], "c.bin"))
     seen, cursor, runs = [], None, 0
     while True:
         report = scrub.verify_drive(str(drives.one), [CLIENT], budget_bytes=1, cursor=cursor)
@@ -205,7 +195,7 @@ def test_slices_resume_from_the_cursor_and_cover_everything(drives):
 
 def test_state_keeps_damage_open_until_a_later_run_finds_it_intact(drives, tmp_path):
     state = {}
-    flip_byte(drives.path(drives.one, drives.names[0], "docs/a.txt"))
+    lib.flip_byte(drives.path(drives.one, drives.names[0], "docs/a.txt"))
     report = scrub.verify_drive(str(drives.one), [CLIENT])
     scrub.heal(report, None)
     scrub.record(state, report, NOW)
@@ -241,7 +231,7 @@ def test_catch_up_makes_missing_manifests_and_drops_orphans(drives):
 def test_a_trusted_manifest_is_never_remade(drives):
     root = str(drives.one)
     path = drives.path(drives.one, drives.names[1], "docs/a.txt")
-    flip_byte(path)
+    lib.flip_byte(path)
     assert scrub.make_manifest(root, CLIENT, drives.names[1]) is None
     assert (
         scrub.verify_drive(root, [CLIENT], snapshots={"%s/%s" % (CLIENT, drives.names[1])})
@@ -249,3 +239,53 @@ def test_a_trusted_manifest_is_never_remade(drives):
         .problem
         == scrub.CONTENT
     )
+
+
+def test_a_snapshot_pruned_while_it_is_read_is_no_damage(drives, monkeypatch):
+    real = scrub._check_entry
+    pruned = drives.one / CLIENT / drives.names[0]
+
+    def prune_midway(*args):
+        if pruned.exists():
+            shutil.rmtree(pruned)
+        return real(*args)
+
+    monkeypatch.setattr(scrub, "_check_entry", prune_midway)
+    report = scrub.verify_drive(str(drives.one), [CLIENT])
+    assert report.findings == []
+    assert report.snapshots == ["%s/%s" % (CLIENT, n) for n in drives.names[1:]]
+
+
+def test_damage_found_by_one_slice_stays_open_when_the_next_slice_finishes(drives):
+    """The next slice resumes after the damaged entry: it must not close it."""
+    lib.flip_byte(drives.path(drives.one, drives.names[2], "c.bin"))
+    state = {}
+    cursor = None
+    for _slice in range(30):
+        report = scrub.verify_drive(
+            str(drives.one),
+            [CLIENT],
+            budget_bytes=1,
+            cursor=cursor,
+            snapshots={"%s/%s" % (CLIENT, drives.names[2])},
+        )
+        scrub.record(state, report, NOW)
+        cursor = report.cursor
+        if report.complete:
+            break
+    assert report.complete
+    assert [d["path"] for d in scrub.open_damage(state)] == ["c.bin"]
+
+
+def test_a_file_missing_on_the_mirror_is_put_back_from_the_backup_drive(drives):
+    before = fingerprint(drives.two)
+    for name in drives.names[1:]:
+        drives.path(drives.two, name, "docs/d.txt").unlink()
+    report = scrub.verify_drive(str(drives.two), [CLIENT])
+    assert [(f.snapshot, f.problem) for f in report.findings] == [
+        (name, scrub.MISSING) for name in drives.names[1:]
+    ]
+    scrub.heal(report, str(drives.one))
+    assert all(f.repaired_from == str(drives.one) for f in report.findings)
+    assert fingerprint(drives.two) == before
+    assert os.listdir(drives.two / scrub.HEAL_DIR) == []

@@ -21,9 +21,11 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import linkdest_testlib as lib
 import pytest
 
-from ansible_collections.linkdest.backup.plugins.module_utils import gate, server_cli
+from ansible_collections.linkdest.backup.plugins.module_utils import gate, mirror, server_cli
+from ansible_collections.linkdest.backup.plugins.module_utils import manifest as mf
 from ansible_collections.linkdest.backup.plugins.module_utils import snapshots as snap
 
 RSYNC = shutil.which("rsync")
@@ -652,7 +654,10 @@ def test_adopt_hands_the_tree_over_by_descriptor_and_records_fake_super(
         "adopted back-2026-01-11T08_00_00 (3 entries) to bk-laptop",
         "adopted current (1 entries) to bk-laptop",
         "adopted incomplete_back-2026-01-12T08_00_00 (1 entries) to bk-laptop",
+        "made 2 manifest(s) for laptop",
     ]
+    for name in ("back-2026-01-10T08_00_00", "back-2026-01-11T08_00_00"):
+        mf.load(str(server.root), "laptop", name)
     touched = [path for path, uid, gid in chowns.calls]
     assert all(uid == fake_uid and gid == me.st_gid + 1 for _p, uid, gid in chowns.calls)
     assert all(path.startswith(str(server.area) + "/") for path in touched)
@@ -688,7 +693,8 @@ def test_adopt_dry_run_and_an_adopted_area_change_nothing(server, monkeypatch, c
     assert "would adopt back-2026-01-10T08_00_00 (5 entries)" in capsys.readouterr().out
     assert chowns.calls == []
     assert server.tree() == before
-    # An area the account already owns: nothing to say, nothing done.
+    # An area the account already owns: nothing to say, nothing done (its
+    # manifests come from the daily `manifest --all`).
     mine = pwd.struct_passwd(("bk-laptop", "x", me.st_uid, me.st_gid, "", "/", "/bin/sh"))
     monkeypatch.setattr(server_cli.pwd, "getpwnam", lambda name: mine)
     assert server_cli.main(["--config", str(server.config), "adopt", "laptop"]) == 0
@@ -733,3 +739,153 @@ def test_a_laptop_on_btrfs_is_refused_when_the_drive_is_not_btrfs(server):
     configure(server, backends={})
     assert server.backup().returncode == 0
     assert len(incomplete(server.area)) == 1
+
+
+# --- manifests and verify ---------------------------------------------------------
+
+
+def backup_and_finalize(server: Server, monkeypatch, capsys) -> str:
+    result = server.backup()
+    assert result.returncode == 0, result.stderr
+    assert server.gate(monkeypatch, "finalize 0") == 0
+    return capsys.readouterr().out.strip()
+
+
+def test_finalize_writes_a_manifest_reading_only_new_content(server, monkeypatch, capsys):
+    (server.src / "kept").write_text("kept " * 1000)
+    (server.src / "changed").write_text("first")
+    name1 = backup_and_finalize(server, monkeypatch, capsys)
+    (server.src / "changed").write_text("second")
+    name2 = backup_and_finalize(server, monkeypatch, capsys)
+    for name in (name1, name2):
+        entries = mf.load(str(server.root), "laptop", name).by_path()
+        assert sorted(entries) == ["changed", "kept"]
+        assert entries["changed"].size == len((server.area / name / "changed").read_bytes())
+    # Made before stdout named the snapshot, so before the laptop's run ended.
+    assert "no manifest" not in capsys.readouterr().err
+
+
+def test_manifest_through_sudo_names_one_finished_snapshot(server, monkeypatch, capsys):
+    name = backup_and_finalize(server, monkeypatch, capsys)
+    path = mf.manifest_path(str(server.root), "laptop", name)
+    os.unlink(path)
+    monkeypatch.setenv("SUDO_UID", str(os.getuid()))  # the laptop's account asks root
+    run = ["--config", str(server.config), "manifest"]
+    for refused in (["--all"], ["incomplete_" + name], ["../" + name], []):
+        assert server_cli.main(run + refused) == 1
+        assert "refused" in capsys.readouterr().err
+    assert not os.path.exists(path)
+    assert server_cli.main(run + [name]) == 0
+    first = Path(path).read_bytes()
+    # A trusted manifest is never rewritten, whatever the snapshot holds now.
+    (server.area / name / "extra").write_text("added after the fact")
+    assert server_cli.main(run + [name]) == 0
+    assert Path(path).read_bytes() == first
+
+    # Only the newest snapshot: the one the account's finalize just made.
+    (server.area / name / "extra").unlink()
+    (server.src / "second").write_text("a second snapshot")
+    monkeypatch.delenv("SUDO_UID")
+    newer = backup_and_finalize(server, monkeypatch, capsys)
+    monkeypatch.setenv("SUDO_UID", str(os.getuid()))
+    os.unlink(path)
+    assert server_cli.main(run + [name]) == 1
+    assert "is not the newest snapshot" in capsys.readouterr().err
+    # Root's daily catch-up makes it, byte for byte as before.
+    monkeypatch.delenv("SUDO_UID")
+    assert server_cli.main(run + ["--all", "--quiet"]) == 0
+    assert Path(path).read_bytes() == first
+    mf.load(str(server.root), "laptop", newer)
+
+
+def mirror_setup(server: Server, monkeypatch) -> Path:
+    """A second drive the real mirror fills, as the backup_mirror role sets it up."""
+    second = server.tmp / "drive2"
+    second.mkdir()
+    config_path = server.tmp / "mirror.json"
+    config_path.write_text(
+        json.dumps(
+            {
+                "source": str(server.root),
+                "destination": str(second),
+                "source_must_be_mount": False,
+                "destination_must_be_mount": False,
+                "state_dir": str(server.tmp / "mirror-state"),
+                "log_file": str(server.tmp / "mirror.log"),
+                "rsync": RSYNC,
+            }
+        )
+    )
+    monkeypatch.setattr(server_cli, "MIRROR_CONFIG", str(config_path))
+    config = mirror.load_config(str(config_path))
+    mirror.setup(config, datetime.now(timezone.utc))
+    return second
+
+
+def verify_cli(server: Server, *args: str) -> int:
+    return server_cli.main(["--config", str(server.config), "verify", *args])
+
+
+def test_verify_repairs_drive_one_from_the_mirror_and_reports_both_bad(server, monkeypatch, capsys):
+    state = server.tmp / "state"
+    data = json.loads(server.config.read_text())
+    server.config.write_text(json.dumps(dict(data, state_dir=str(state))))
+    (server.src / "a").write_text("alpha " * 500)
+    (server.src / "b").write_text("bravo " * 500)
+    names = [backup_and_finalize(server, monkeypatch, capsys) for _run in range(2)]
+    second = mirror_setup(server, monkeypatch)
+    mirror_config = mirror.load_config(server_cli.MIRROR_CONFIG)
+    assert mirror.run(mirror_config).outcome == "ok"
+
+    assert verify_cli(server) == 0
+    assert "4 file(s) in 2 snapshot(s), 2 inode(s) read" in capsys.readouterr().out
+
+    good = (server.area / names[0] / "a").read_bytes()
+    lib.flip_byte(server.area / names[1] / "a")
+    assert verify_cli(server) == 0  # repaired: nothing left open
+    out = capsys.readouterr().out
+    assert out.count("content differs from the manifest (repaired from %s)" % second) == 2
+    for name in names:
+        assert (server.area / name / "a").read_bytes() == good
+
+    for root in (server.root, second):
+        lib.flip_byte(root / "laptop" / names[0] / "b")
+    assert verify_cli(server) == server_cli.EXIT_DAMAGED
+    assert "the copy on %s is damaged too" % second in capsys.readouterr().out
+    # Open damage stays in the check and its metrics until someone acts.
+    metrics = server.tmp / "metrics"
+    metrics.mkdir()
+    data = json.loads(server.config.read_text())
+    data["check"] = {"metrics_dir": str(metrics)}
+    server.config.write_text(json.dumps(data))
+    assert server_cli.main(["--config", str(server.config), "check"]) == 1
+    assert "4 damaged file(s) not repaired" in capsys.readouterr().out
+    text = (metrics / "linkdest.prom").read_text()
+    assert 'linkdest_damaged_files{drive="%s"} 2' % server.root in text
+    assert 'linkdest_damaged_files{drive="%s"} 2' % second in text
+
+
+def test_verify_slices_go_on_where_the_last_stopped(server, monkeypatch, capsys):
+    data = json.loads(server.config.read_text())
+    server.config.write_text(json.dumps(dict(data, state_dir=str(server.tmp / "state"))))
+    monkeypatch.setattr(server_cli, "MIRROR_CONFIG", str(server.tmp / "none.json"))
+    for index in range(5):
+        (server.src / ("f%d" % index)).write_bytes(os.urandom(20000))
+    name = backup_and_finalize(server, monkeypatch, capsys)
+    lib.flip_byte(server.area / name / "f4")
+    codes = []
+    for _slice in range(10):
+        # A tiny share of the drive: one file per run.
+        codes.append(verify_cli(server, "--sample", "0.0000001"))
+        if "end of the drive" in capsys.readouterr().out:
+            break
+    assert codes == [0, 0, 0, 0, server_cli.EXIT_DAMAGED]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--sample", "0"], "--sample"), (["--max-time", "-1"], "--max-time")],
+)
+def test_verify_refuses_bad_limits(server, capsys, args, message):
+    assert verify_cli(server, *args) == 1
+    assert message in capsys.readouterr().err

@@ -58,6 +58,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
+from ansible_collections.linkdest.backup.plugins.module_utils import manifest as mf
 from ansible_collections.linkdest.backup.plugins.module_utils import snapshots as snap
 from ansible_collections.linkdest.backup.plugins.module_utils import subvolumes
 
@@ -738,6 +739,68 @@ class CopyResult:
     files: int = 0
     bytes: int = 0
     message: str = ""
+    # Files left out because they fail the snapshot's manifest (damaged on
+    # the source drive): never copied over a good drive.
+    withheld: list[str] = field(default_factory=list)
+
+
+def damaged_new_files(source_root: str, area: str, name: str, copy_dir: str) -> list[str]:
+    """Files of snapshot ``name`` the copy would read that fail its manifest.
+
+    Every file prelink() has not already linked into ``copy_dir`` from the
+    mirror's own copy is read (a file the mirror lacks, even one the source
+    shares with the snapshot before, is read: it may be one withheld last
+    time). With no trusted manifest there is nothing to check against:
+    nothing is withheld (verify reports the missing manifest).
+    """
+    try:
+        manifest = mf.load(source_root, area, name)
+    except mf.ManifestError:
+        return []
+    snapshot_dir = os.path.join(source_root, area, name)
+    damaged = []
+    for entry in manifest.entries:
+        if os.path.lexists(os.path.join(copy_dir, entry.path)):
+            continue  # prelinked: the mirror's own copy, nothing is read
+        path = os.path.join(snapshot_dir, entry.path)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue  # rsync reports what it cannot read
+        try:
+            # Opened without following symlinks in any parent: the snapshot's
+            # directories are the laptop account's.
+            good = _digest_in(snapshot_dir, entry.path) == entry.sha256
+        except (OSError, snap.SnapshotError):
+            good = False
+        if not good or (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
+            damaged.append(entry.path)
+    return damaged
+
+
+def _digest_in(top: str, relpath: str) -> str:
+    parts = snap.split_relpath(relpath)
+    fd = mf.open_dir_at(top)
+    try:
+        for part in parts[:-1]:
+            child = mf.open_dir_at(part, fd)
+            os.close(fd)
+            fd = child
+        return mf.digest_at(parts[-1], fd)
+    finally:
+        os.close(fd)
+
+
+def exclude_pattern(relpath: str) -> str:
+    """An rsync filter pattern that matches exactly this one path.
+
+    rsync reads a backslash as an escape only in a pattern with a wildcard,
+    so a name with ``*``, ``?`` or ``[`` gets every special character escaped
+    and any other name is used as it is; the leading ``/`` anchors it.
+    """
+    if any(char in relpath for char in "*?["):
+        relpath = "".join("\\" + c if c in "*?[\\" else c for c in relpath)
+    return "/" + relpath
 
 
 def can_send(config: Config, source_area: str, name: str) -> bool:
@@ -863,10 +926,21 @@ def copy_snapshot(config: Config, source_area: str, dest_area: str, name: str) -
             os.path.join(dest_area, base),
             os.path.join(dest_area, temp),
         )
-    argv = rsync_argv(config, os.path.join(source_area, name), temp, link_dests)
-    proc = subprocess.run(
-        argv, cwd=dest_area, capture_output=True, text=True, errors="replace", check=False
+    withheld = damaged_new_files(
+        os.path.dirname(source_area),
+        os.path.basename(source_area),
+        name,
+        os.path.join(dest_area, temp),
     )
+    argv = rsync_argv(config, os.path.join(source_area, name), temp, link_dests)
+    with tempfile.NamedTemporaryFile(prefix="linkdest-withheld-") as excludes:
+        if withheld:
+            excludes.write(b"".join(os.fsencode(exclude_pattern(p)) + b"\0" for p in withheld))
+            excludes.flush()
+            argv[1:1] = ["--from0", "--exclude-from=%s" % excludes.name]
+        proc = subprocess.run(
+            argv, cwd=dest_area, capture_output=True, text=True, errors="replace", check=False
+        )
     files, size = parse_rsync_stats(proc.stdout)
     if proc.returncode != 0:
         # Finished snapshots never change, and the area lock keeps prune out:
@@ -880,7 +954,29 @@ def copy_snapshot(config: Config, source_area: str, dest_area: str, name: str) -
     snap.rename_noreplace(os.path.join(dest_area, temp), os.path.join(dest_area, name))
     if _is_real_dir(os.path.join(dest_area, resume)):
         _discard(dest_area, resume)
-    return CopyResult(name, True, files, size)
+    return CopyResult(name, True, files, size, withheld=withheld)
+
+
+def copy_manifests(config: Config, area: str, names: list[str]) -> int:
+    """Give the mirror the manifests of its snapshots (verify checks it against
+    them too, and repairs from it); drop those of snapshots it no longer has.
+
+    Only a manifest the mirror lacks is copied, and only a trusted one.
+    """
+    copied = 0
+    for name in names:
+        if mf.has_manifest(config.destination, area, name):
+            continue
+        try:
+            manifest = mf.load(config.source, area, name)
+        except mf.ManifestError:
+            continue
+        mf.write(config.destination, area, name, manifest.entries)
+        copied += 1
+    mf.remove_orphans(
+        config.destination, area, set(finished_names(os.path.join(config.destination, area)))
+    )
+    return copied
 
 
 def _ensure_area(source_area: str, dest_area: str) -> None:
@@ -939,6 +1035,7 @@ class RunResult:
     withheld: int = 0
     failed: int = 0
     busy: int = 0
+    damaged: int = 0  # files withheld because they fail their manifest
     files: int = 0
     bytes: int = 0
     seconds: float = 0.0
@@ -949,7 +1046,7 @@ class RunResult:
 
     @property
     def code(self) -> int:
-        if self.failed:
+        if self.failed or self.damaged:
             return EXIT_FAILED
         if self.withheld:
             return EXIT_GUARD
@@ -971,7 +1068,7 @@ def format_summary(result: RunResult) -> str:
     """The one line a run logs; key=value so scripts and people can read it."""
     return (
         "mirror %s%s: areas=%d copied=%d removed=%d withheld=%d failed=%d busy=%d "
-        "files=%d bytes=%d seconds=%.1f"
+        "damaged=%d files=%d bytes=%d seconds=%.1f"
         % (
             result.outcome,
             " (dry run)" if result.dry_run else "",
@@ -981,6 +1078,7 @@ def format_summary(result: RunResult) -> str:
             result.withheld,
             result.failed,
             result.busy,
+            result.damaged,
             result.files,
             result.bytes,
             result.seconds,
@@ -1089,6 +1187,14 @@ def mirror_area(
             break
         result.copied += 1
         log("copied %s/%s (%d files, %d bytes sent)" % (area, name, copied.files, copied.bytes))
+        if copied.withheld:
+            result.damaged += len(copied.withheld)
+            result.problems.append(
+                "copied %s/%s without %d file(s) that fail its manifest on the backup drive"
+                " (damaged; run linkdest-server verify): %s"
+                % (area, name, len(copied.withheld), ", ".join(copied.withheld[:10]))
+            )
+            log(result.problems[-1], syslog.LOG_ERR)
 
     if not _is_real_dir(dest_area):
         return
@@ -1115,6 +1221,7 @@ def mirror_area(
             os.unlink(link)  # every snapshot it could name is gone
         if source_exists:
             _copy_journal(config, source_area, dest_area)
+            copy_manifests(config, area, sorted(on_mirror - set(plan.to_remove)))
     _note_refusal(result, area, plan, log)
 
 

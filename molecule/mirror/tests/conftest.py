@@ -13,3 +13,13 @@ def server():
 @pytest.fixture(scope="module")
 def laptop():
     return lib.get_host("mirror-laptop")
+
+
+@pytest.fixture(scope="module")
+def quiet(server, laptop):
+    """No scheduled backup or mirror while the tests count snapshots."""
+    for machine in (server, laptop):
+        assert machine.run("systemctl stop cron").rc == 0
+    yield
+    for machine in (server, laptop):
+        machine.run("systemctl start cron")

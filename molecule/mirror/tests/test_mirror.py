@@ -15,7 +15,6 @@ import time
 import uuid
 
 import linkdest_testlib as lib
-import pytest
 
 SRC = "/media/backup_drive"
 DST = "/media/backup_drive2"
@@ -168,21 +167,6 @@ def alerts(server) -> list:
 def new_snapshot(laptop, label: str) -> str:
     lib.write_file(laptop, "mirror/%s.txt" % label, "%s\n" % label)
     return lib.backup_ok(laptop)
-
-
-@pytest.fixture(scope="module")
-def laptop():
-    return lib.get_host(CLIENT)
-
-
-@pytest.fixture(scope="module")
-def quiet(host, laptop):
-    """No scheduled backup or mirror while the tests count snapshots."""
-    for machine in (host, laptop):
-        assert machine.run("systemctl stop cron").rc == 0
-    yield
-    for machine in (host, laptop):
-        machine.run("systemctl start cron")
 
 
 # --- setup ------------------------------------------------------------------------------

@@ -21,9 +21,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import linkdest_testlib as lib
 import pytest
 
-from ansible_collections.linkdest.backup.plugins.module_utils import mirror
+from ansible_collections.linkdest.backup.plugins.module_utils import manifest as mf
+from ansible_collections.linkdest.backup.plugins.module_utils import mirror, scrub
 from ansible_collections.linkdest.backup.plugins.module_utils import snapshots as snap
 
 RSYNC = shutil.which("rsync")
@@ -916,3 +918,74 @@ def test_linkdest_server_dispatches_mirror(world, capsys):
     assert server_cli.main(["mirror", "--config", config, "setup"]) == 0
     assert server_cli.main(["mirror", "--config", config]) == 0
     assert "mirror ok: areas=1 copied=1" in capsys.readouterr().out
+
+
+# --- manifests (issue 12) -----------------------------------------------------------
+
+
+def test_manifests_go_along_and_a_damaged_new_file_is_not_mirrored(world):
+    world.setup()
+    first = world.backup()
+    scrub.make_manifest(str(world.src), CLIENT, first)
+    assert world.run().outcome == "ok"
+    mf.load(str(world.dst), CLIENT, first)  # copied, and trusted on the mirror
+
+    world.write("docs/new [1]*.txt", "new in the second snapshot\n")
+    world.write("docs/also-new.txt", "fine\n")
+    second = world.backup()
+    scrub.make_manifest(str(world.src), CLIENT, second)
+    damaged = world.area() / second / "docs" / "new [1]*.txt"
+    lib.flip_byte(damaged)
+    # Also damage a file the second snapshot shares with the first: the
+    # mirror links its own good copy and reads nothing of it.
+    lib.flip_byte(world.area() / second / "big" / "c.bin")
+
+    result = world.run()
+    assert result.outcome == "failed"
+    assert result.damaged == 1
+    assert "new [1]*.txt" in result.problems[0]
+    mirrored = world.mirror_area() / second
+    assert not (mirrored / "docs" / "new [1]*.txt").exists()
+    assert (mirrored / "docs" / "also-new.txt").read_text() == "fine\n"
+    assert (mirrored / "big" / "c.bin").read_text() == "c" * 100000
+    assert (mirrored / "big" / "c.bin").stat().st_ino == (
+        world.mirror_area() / first / "big" / "c.bin"
+    ).stat().st_ino
+    mf.load(str(world.dst), CLIENT, second)
+
+    # The next snapshot shares the damaged inode: still withheld, although the
+    # source links it to the snapshot before.
+    third = world.backup()
+    scrub.make_manifest(str(world.src), CLIENT, third)
+    result = world.run()
+    assert result.damaged == 1
+    assert not (world.mirror_area() / third / "docs" / "new [1]*.txt").exists()
+
+    # verify puts the good bytes back on the backup drive by hand here (no good
+    # copy anywhere): then the mirror's missing copies are filled from it.
+    lib.flip_byte(damaged)
+    report = scrub.verify_drive(str(world.dst), [CLIENT], other_root=str(world.src))
+    assert sorted((f.snapshot, f.problem) for f in report.findings) == [
+        (second, scrub.MISSING),
+        (third, scrub.MISSING),
+    ]
+    scrub.heal(report, str(world.src))
+    assert (mirrored / "docs" / "new [1]*.txt").read_text() == "new in the second snapshot\n"
+    assert scrub.verify_drive(str(world.dst), [CLIENT]).findings == []
+
+
+def test_exclude_pattern_matches_exactly_one_path(tmp_path):
+    names = ["plain.txt", "star*.txt", "q?.txt", "br[ack]et", "back\\slash", "back\\*both"]
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in names + ["starXX.txt", "qX.txt", "brae"]:
+        (src / name).write_text(name)
+    for name in names:
+        dest = tmp_path / ("dest-%d" % names.index(name))
+        excludes = tmp_path / "excludes"
+        excludes.write_bytes(os.fsencode(mirror.exclude_pattern(name)) + b"\0")
+        subprocess.run(
+            [RSYNC, "-a", "--from0", "--exclude-from=%s" % excludes, "%s/" % src, "%s/" % dest],
+            check=True,
+        )
+        assert sorted(os.listdir(dest)) == sorted(set(os.listdir(src)) - {name}), name

@@ -28,6 +28,19 @@ options:
         so it takes time on a large area.
     type: bool
     default: false
+  verification:
+    description:
+      - Also return each finished snapshot's manifest state and what C(linkdest-server verify)
+        last found (RV(snapshots[].manifest), RV(snapshots[].verified),
+        RV(snapshots[].damaged)).
+      - Reads every manifest whole, so it takes a moment on a large area.
+    type: bool
+    default: false
+  state_dir:
+    description:
+      - Where C(linkdest-server verify) keeps its records (the server's C(state_dir)).
+    type: path
+    default: /var/lib/linkdest-server/state
 attributes:
   check_mode:
     support: full
@@ -98,6 +111,28 @@ snapshots:
       type: int
       returned: when O(disk_usage=true)
       sample: 1204
+    manifest:
+      description:
+        - V(trusted), V(missing), or V(not trusted) with the reason (root does not own it, it
+          is truncated, it does not match its own digest).
+      type: str
+      returned: when O(verification=true)
+      sample: trusted
+    verified:
+      description:
+        - When C(linkdest-server verify) last checked the whole snapshot on this drive against
+          its manifest; V(null) when it never has.
+      type: str
+      returned: when O(verification=true)
+      sample: "2026-11-29T04:30:12+00:00"
+    damaged:
+      description:
+        - Paths verify found damaged in this snapshot and could not repair, until a later
+          verify finds them intact.
+      type: list
+      elements: str
+      returned: when O(verification=true)
+      sample: []
 incomplete:
   description: The incomplete snapshots (transfers running or kept after a failure), oldest first.
   returned: success
@@ -119,6 +154,10 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.linkdest.backup.plugins.module_utils.retention import added_usage
+from ansible_collections.linkdest.backup.plugins.module_utils.scrub import (
+    read_state,
+    verification_of,
+)
 from ansible_collections.linkdest.backup.plugins.module_utils.snapshots import (
     SnapshotError,
     list_incomplete,
@@ -144,6 +183,8 @@ def main():
             root=dict(type="path", default="/media/backup_drive"),
             client=dict(type="str", required=True),
             disk_usage=dict(type="bool", default=False),
+            verification=dict(type="bool", default=False),
+            state_dir=dict(type="path", default="/var/lib/linkdest-server/state"),
         ),
         supports_check_mode=True,
     )
@@ -152,7 +193,12 @@ def main():
         current = read_current(area)
         finished = list_snapshots(area)
         incomplete = list_incomplete(area)
-        added = added_usage(area, [s.name for s in finished]) if module.params["disk_usage"] else {}
+        names = [s.name for s in finished]
+        added = added_usage(area, names) if module.params["disk_usage"] else {}
+        checked = {}
+        if module.params["verification"]:
+            state = read_state(module.params["state_dir"])
+            checked = verification_of(module.params["root"], module.params["client"], names, state)
     except (SnapshotError, OSError) as exc:
         module.fail_json(msg="cannot read snapshots of %s: %s" % (area, exc))
     snapshots = []
@@ -160,6 +206,7 @@ def main():
         item = dict(name=snap.name, time=snap.time.isoformat(), current=snap.name == current)
         if snap.name in added:
             item["added_bytes"], item["added_inodes"] = added[snap.name]
+        item.update(checked.get(snap.name, {}))
         snapshots.append(item)
     module.exit_json(
         changed=False,

@@ -144,3 +144,47 @@ def test_disk_usage_counts_only_what_each_snapshot_alone_holds(run_module, tmp_p
         assert by_name[second.name]["added_inodes"] == 3
         assert by_name[second.name]["current"] is True
     assert tree(area) == before
+
+
+def test_verification_state_per_snapshot(run_module, tmp_path):
+    """Trusted, missing and untrusted manifests, and what verify recorded."""
+    from ansible_collections.linkdest.backup.plugins.module_utils import manifest as mf
+    from ansible_collections.linkdest.backup.plugins.module_utils import scrub
+
+    area = tmp_path / "laptop"
+    names = ["back-" + t for t in (T1, T2, T3)]
+    for name in names:
+        (area / name).mkdir(parents=True)
+        (area / name / "file").write_text(name)
+    for name in names[:2]:
+        scrub.make_manifest(str(tmp_path), "laptop", name)
+    os.chown(mf.manifest_path(str(tmp_path), "laptop", names[1]), 1000, 1000)
+    (area / names[0] / "file").write_text("X" * len(names[0]))
+    os.utime(area / names[0] / "file", ns=(0, 0))
+    report = scrub.verify_drive(str(tmp_path), ["laptop"])
+    state_dir = tmp_path / "state"
+    state = {}
+    scrub.record(state, report, scrub.datetime(2026, 11, 29, 4, 30, tzinfo=scrub.timezone.utc))
+    scrub.write_state(str(state_dir), state)
+    before = tree(tmp_path)
+
+    failed, result = run_module(
+        snapshot_info,
+        {
+            "root": str(tmp_path),
+            "client": "laptop",
+            "verification": True,
+            "state_dir": str(state_dir),
+        },
+        True,
+    )
+
+    assert not failed, result
+    by_name = {s["name"]: s for s in result["snapshots"]}
+    assert by_name[names[0]]["manifest"] == "trusted"
+    assert by_name[names[0]]["damaged"] == ["file"]
+    assert by_name[names[0]]["verified"] == "2026-11-29T04:30:00+00:00"
+    assert by_name[names[1]]["verified"] is None  # no trusted manifest: never checked
+    assert by_name[names[1]]["manifest"].startswith("not trusted: ")
+    assert by_name[names[2]]["manifest"] == "missing"
+    assert tree(tmp_path) == before

@@ -21,11 +21,13 @@ Standard library only: this file runs on the server.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
 import stat
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -162,49 +164,54 @@ def verify_drive(
     stopped; ``snapshots`` limits the run to those CLIENT/back-T names. A
     snapshot without a trusted manifest of its own is checked against
     ``other_root``'s (the other drive's) manifest of the same snapshot.
+    ``budget_bytes`` counts each file the manifests say is one inode once.
     """
     report = DriveReport(drive=root)
-    # What was read this run: read_key() -> (digest, error).
-    read: dict[tuple, tuple[str, str]] = {}
-    # btrfs snapshots share extents, not inodes: each is its own device.
-    read.update({_BTRFS: ("", "")} if subvolumes.is_btrfs(root) else {})
+    reading = _Reading(subvolumes.is_btrfs(root), report)
+    planned: set[tuple] = set()
+    budget = [0]
 
-    def over() -> bool:
-        if budget_bytes is not None and report.bytes_read >= budget_bytes:
+    def over(entry: mf.Entry) -> bool:
+        if budget_bytes is not None and budget[0] >= budget_bytes:
             return True
-        return deadline is not None and time.monotonic() >= deadline
+        if deadline is not None and time.monotonic() >= deadline:
+            return True
+        if (entry.ino, entry.size, entry.mtime_ns) not in planned:
+            planned.add((entry.ino, entry.size, entry.mtime_ns))
+            budget[0] += entry.size
+        return False
 
-    for client, area in _areas(root, clients):
-        if cursor and client < cursor[0]:
-            continue
-        for item in snap.list_snapshots(area):
-            key = "%s/%s" % (client, item.name)
-            if snapshots is not None and key not in snapshots:
+    with concurrent.futures.ThreadPoolExecutor(READERS) as pool:
+        for client, area in _areas(root, clients):
+            if cursor and client < cursor[0]:
                 continue
-            start = 0
-            if cursor and (client, item.name) < (cursor[0], cursor[1]):
-                continue
-            if cursor and (client, item.name) == (cursor[0], cursor[1]):
-                start = int(cursor[2])
-            cursor = None
-            manifest = _trusted_manifest(root, other_root, client, item.name, report)
-            if manifest is None:
-                continue
-            found_before = len(report.findings)
-            stopped = _verify_snapshot(
-                root, client, area, item.name, manifest, start, read, report, over
-            )
-            if not os.path.isdir(os.path.join(area, item.name)):
-                # Pruned while it was read: what went missing is no damage.
-                del report.findings[found_before:]
-                continue
-            if stopped is not None:
-                report.complete = False
-                report.cursor = [client, item.name, stopped]
-                return report
-            # Checked to its end (by this run alone, or by the slices the
-            # cursor chained before it).
-            report.snapshots.append(key)
+            for item in snap.list_snapshots(area):
+                key = "%s/%s" % (client, item.name)
+                if snapshots is not None and key not in snapshots:
+                    continue
+                start = 0
+                if cursor and (client, item.name) < (cursor[0], cursor[1]):
+                    continue
+                if cursor and (client, item.name) == (cursor[0], cursor[1]):
+                    start = int(cursor[2])
+                cursor = None
+                manifest = _trusted_manifest(root, other_root, client, item.name, report)
+                if manifest is None:
+                    continue
+                found_before = len(report.findings)
+                where = (root, client, area, item.name)
+                stopped = _verify_snapshot(where, manifest, start, pool, reading, over)
+                if not os.path.isdir(os.path.join(area, item.name)):
+                    # Pruned while it was read: what went missing is no damage.
+                    del report.findings[found_before:]
+                    continue
+                if stopped is not None:
+                    report.complete = False
+                    report.cursor = [client, item.name, stopped]
+                    return report
+                # Checked to its end (by this run alone, or by the slices the
+                # cursor chained before it).
+                report.snapshots.append(key)
     return report
 
 
@@ -228,35 +235,135 @@ def _trusted_manifest(root, other_root, client, name, report) -> mf.Manifest | N
     return None
 
 
-def _verify_snapshot(root, client, area, name, manifest, start, read, report, over):
+# How many threads check files (lstat, open, read, hash): the disk always has
+# requests queued while Python walks; how many entries may wait for them.
+READERS = 4
+MAX_PENDING = 512
+
+
+class _Reading:
+    """What this run has read: each file's content once (read_key()).
+
+    Worker threads call check(); the first to meet a content reads it, the
+    others wait for that read and take its digest.
+    """
+
+    def __init__(self, btrfs: bool, report: DriveReport):
+        self.btrfs = btrfs
+        self.report = report
+        self.lock = threading.Lock()
+        self.digests: dict[tuple, concurrent.futures.Future] = {}
+
+    def check(self, dir_fd: int, base: str, entry: mf.Entry) -> tuple:
+        """(problem, actual, lstat) for one entry, or None when it is intact.
+
+        Owns ``dir_fd`` (a duplicate of the parent directory's) and closes it.
+        """
+        try:
+            try:
+                st = os.lstat(base, dir_fd=dir_fd)
+            except OSError:
+                return (MISSING, "", None)
+            if not stat.S_ISREG(st.st_mode):
+                return (MISSING, "not a regular file", None)
+            if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
+                return (CHANGED, "size %d mtime_ns %d" % (st.st_size, st.st_mtime_ns), st)
+            digest, error = self._digest(read_key(st, self.btrfs), base, dir_fd, st)
+        finally:
+            os.close(dir_fd)
+        if error:
+            return (UNREADABLE, error, st)
+        if digest != entry.sha256:
+            return (CONTENT, digest, st)
+        return None
+
+    def _digest(self, key, base, dir_fd, st) -> tuple[str, str]:
+        with self.lock:
+            future = self.digests.get(key)
+            mine = future is None
+            if mine:
+                future = self.digests[key] = concurrent.futures.Future()
+                self.report.inodes_read += 1
+                self.report.bytes_read += st.st_size
+        if not mine:
+            return future.result()
+        try:
+            fd = mf.open_file_at(base, dir_fd)
+            try:
+                result = (mf.digest_fd(fd), "")
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            result = ("", exc.strerror or str(exc))
+        future.set_result(result)
+        return result
+
+
+def _verify_snapshot(where, manifest, start, pool, reading, over):
     """Check one snapshot from entry ``start``; returns where it stopped, or None."""
+    root, client, area, name = where
+    report = reading.report
     try:
         top_fd = mf.open_dir_at(os.path.join(area, name))
     except OSError as exc:
         report.manifest_problems.append("%s/%s: cannot open: %s" % (client, name, exc))
         return None
     dirs = _DirCache(top_fd)
-    key = "%s/%s" % (client, name)
     index = start
+    pending: list = []  # (index, entry, future), in manifest order
     try:
         for index in range(start, len(manifest.entries)):
-            if over():
-                return index
             entry = manifest.entries[index]
+            if over(entry):
+                return index
             report.files += 1
-            problem = _check_entry(root, client, name, entry, dirs, read, report)
-            if problem is not None:
-                problem.index = index
-                report.findings.append(problem)
+            try:
+                dir_fd, base = dirs.parent(entry.path)
+            except (OSError, snap.LayoutError):
+                pending.append((index, entry, _done((MISSING, "", None))))
+            else:
+                dir_fd = os.dup(dir_fd)
+                pending.append((index, entry, pool.submit(reading.check, dir_fd, base, entry)))
+            if len(pending) >= MAX_PENDING:
+                _settle(where, pending, report)
         index = len(manifest.entries)
     finally:
-        report.ranges[key] = (start, index)
+        _settle(where, pending, report)
+        report.ranges["%s/%s" % (client, name)] = (start, index)
         dirs.close()
         os.close(top_fd)
     return None
 
 
-_BTRFS = ("btrfs",)  # a marker key in ``read``: this drive is btrfs
+def _settle(where, pending: list, report: DriveReport) -> None:
+    """Turn the checked entries into findings, in manifest order."""
+    root, client, _area, name = where
+    for index, entry, future in pending:
+        result = future.result()
+        if result is None:
+            continue
+        problem, actual, st = result
+        report.findings.append(
+            Finding(
+                root,
+                client,
+                name,
+                entry.path,
+                problem,
+                entry.sha256,
+                actual,
+                index=index,
+                dev=st.st_dev if st is not None else 0,
+                ino=st.st_ino if st is not None else 0,
+            )
+        )
+    pending.clear()
+
+
+def _done(value) -> concurrent.futures.Future:
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    future.set_result(value)
+    return future
 
 
 def read_key(st: os.stat_result, btrfs: bool) -> tuple:
@@ -270,46 +377,6 @@ def read_key(st: os.stat_result, btrfs: bool) -> tuple:
     if btrfs:
         return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     return (st.st_dev, st.st_ino)
-
-
-def _check_entry(root, client, name, entry, dirs, read, report) -> Finding | None:
-    def finding(problem: str, actual: str = "", st=None) -> Finding:
-        return Finding(
-            root,
-            client,
-            name,
-            entry.path,
-            problem,
-            entry.sha256,
-            actual,
-            dev=st.st_dev if st is not None else 0,
-            ino=st.st_ino if st is not None else 0,
-        )
-
-    try:
-        dir_fd, base = dirs.parent(entry.path)
-        st = os.lstat(base, dir_fd=dir_fd)
-    except (OSError, snap.LayoutError):
-        return finding(MISSING)
-    if not stat.S_ISREG(st.st_mode):
-        return finding(MISSING, "not a regular file")
-    if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
-        return finding(CHANGED, "size %d mtime_ns %d" % (st.st_size, st.st_mtime_ns), st)
-    key = read_key(st, _BTRFS in read)
-    if key not in read:
-        try:
-            digest, error = mf.digest_at(base, dir_fd), ""
-        except OSError as exc:
-            digest, error = "", exc.strerror or str(exc)
-        read[key] = (digest, error)
-        report.inodes_read += 1
-        report.bytes_read += st.st_size
-    digest, error = read[key]
-    if error:
-        return finding(UNREADABLE, error, st)
-    if digest != entry.sha256:
-        return finding(CONTENT, digest, st)
-    return None
 
 
 def make_manifest(root: str, client: str, name: str) -> mf.BuildStats | None:

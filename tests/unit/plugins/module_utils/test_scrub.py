@@ -242,15 +242,15 @@ def test_a_trusted_manifest_is_never_remade(drives):
 
 
 def test_a_snapshot_pruned_while_it_is_read_is_no_damage(drives, monkeypatch):
-    real = scrub._check_entry
+    real = scrub._Reading.check
     pruned = drives.one / CLIENT / drives.names[0]
 
-    def prune_midway(*args):
+    def prune_midway(self, *args):
         if pruned.exists():
             shutil.rmtree(pruned)
-        return real(*args)
+        return real(self, *args)
 
-    monkeypatch.setattr(scrub, "_check_entry", prune_midway)
+    monkeypatch.setattr(scrub._Reading, "check", prune_midway)
     report = scrub.verify_drive(str(drives.one), [CLIENT])
     assert report.findings == []
     assert report.snapshots == ["%s/%s" % (CLIENT, n) for n in drives.names[1:]]

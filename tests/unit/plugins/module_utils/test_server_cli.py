@@ -889,3 +889,20 @@ def test_verify_slices_go_on_where_the_last_stopped(server, monkeypatch, capsys)
 def test_verify_refuses_bad_limits(server, capsys, args, message):
     assert verify_cli(server, *args) == 1
     assert message in capsys.readouterr().err
+
+
+def test_the_gate_hands_a_laptop_its_own_manifest_and_no_other(server, monkeypatch, capsys):
+    (server.src / "a.txt").write_text("alpha")
+    name = backup_and_finalize(server, monkeypatch, capsys)
+    assert server.gate(monkeypatch, "manifest") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert json.loads(lines[0]) == {"snapshot": name, "verified": None, "damaged": []}
+    assert lines[1] == "linkdest-manifest 1 laptop %s" % name
+    assert lines[2].endswith(' "a.txt"')
+    assert lines[3].startswith("end 1 ")
+    elsewhere = "back-2000-01-01T00_00_00"
+    assert server.gate(monkeypatch, "manifest %s" % elsewhere) == server_cli.EXIT_NOT_FOUND
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert elsewhere not in captured.err
+    assert server.gate(monkeypatch, "manifest ../other/%s" % elsewhere) == server_cli.EXIT_REFUSED

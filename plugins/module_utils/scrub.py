@@ -27,7 +27,6 @@ import json
 import os
 import stat
 import subprocess
-import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -118,8 +117,10 @@ class _DirCache:
         self.fd: int | None = None
 
     def parent(self, relpath: str) -> tuple[int, str]:
+        rel_dir, _slash, base = relpath.rpartition("/")
+        if rel_dir == self.rel and base not in ("", ".", ".."):
+            return self.fd, base  # the directory is open: only the name is new
         parts = snap.split_relpath(relpath)
-        rel_dir = "/".join(parts[:-1])
         if rel_dir != self.rel:
             self.close()
             fd = os.dup(self.top_fd)
@@ -167,7 +168,6 @@ def verify_drive(
     ``budget_bytes`` counts each file the manifests say is one inode once.
     """
     report = DriveReport(drive=root)
-    reading = _Reading(subvolumes.is_btrfs(root), report)
     planned: set[tuple] = set()
     budget = [0]
 
@@ -182,6 +182,7 @@ def verify_drive(
         return False
 
     with concurrent.futures.ThreadPoolExecutor(READERS) as pool:
+        reading = _Reading(subvolumes.is_btrfs(root), report, pool)
         for client, area in _areas(root, clients):
             if cursor and client < cursor[0]:
                 continue
@@ -200,7 +201,7 @@ def verify_drive(
                     continue
                 found_before = len(report.findings)
                 where = (root, client, area, item.name)
-                stopped = _verify_snapshot(where, manifest, start, pool, reading, over)
+                stopped = _verify_snapshot(where, manifest, start, reading, over)
                 if not os.path.isdir(os.path.join(area, item.name)):
                     # Pruned while it was read: what went missing is no damage.
                     del report.findings[found_before:]
@@ -242,64 +243,60 @@ MAX_PENDING = 512
 
 
 class _Reading:
-    """What this run has read: each file's content once (read_key()).
+    """What this run has read: each content once (read_key()), by READERS threads.
 
-    Worker threads call check(); the first to meet a content reads it, the
-    others wait for that read and take its digest.
+    The walking thread checks each name (lstat, size, mtime) and opens a
+    content the first time it meets it; a thread reads and hashes it, so the
+    disk always has requests queued while the walk goes on.
     """
 
-    def __init__(self, btrfs: bool, report: DriveReport):
+    def __init__(self, btrfs: bool, report: DriveReport, pool):
         self.btrfs = btrfs
         self.report = report
-        self.lock = threading.Lock()
-        self.digests: dict[tuple, concurrent.futures.Future] = {}
+        self.pool = pool
+        # read_key() -> the read's future, then (digest, error) once settled
+        # (a tuple holds far less than a future, for a drive of many files).
+        self.digests: dict[tuple, object] = {}
 
-    def check(self, dir_fd: int, base: str, entry: mf.Entry) -> tuple:
-        """(problem, actual, lstat) for one entry, or None when it is intact.
-
-        Owns ``dir_fd`` (a duplicate of the parent directory's) and closes it.
-        """
+    def check(self, dir_fd: int, base: str, entry: mf.Entry):
+        """(problem, actual, lstat, None) now, or (None, None, lstat, read_key())."""
         try:
+            st = os.lstat(base, dir_fd=dir_fd)
+        except OSError:
+            return (MISSING, "", None, None)
+        if not stat.S_ISREG(st.st_mode):
+            return (MISSING, "not a regular file", None, None)
+        if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
+            return (CHANGED, "size %d mtime_ns %d" % (st.st_size, st.st_mtime_ns), st, None)
+        key = read_key(st, self.btrfs)
+        if key not in self.digests:
             try:
-                st = os.lstat(base, dir_fd=dir_fd)
-            except OSError:
-                return (MISSING, "", None)
-            if not stat.S_ISREG(st.st_mode):
-                return (MISSING, "not a regular file", None)
-            if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
-                return (CHANGED, "size %d mtime_ns %d" % (st.st_size, st.st_mtime_ns), st)
-            digest, error = self._digest(read_key(st, self.btrfs), base, dir_fd, st)
-        finally:
-            os.close(dir_fd)
-        if error:
-            return (UNREADABLE, error, st)
-        if digest != entry.sha256:
-            return (CONTENT, digest, st)
-        return None
+                fd = mf.open_file_at(base, dir_fd)
+            except OSError as exc:
+                self.digests[key] = ("", exc.strerror or str(exc))
+            else:
+                self.digests[key] = self.pool.submit(_digest_and_close, fd)
+            self.report.inodes_read += 1
+            self.report.bytes_read += st.st_size
+        return (None, None, st, key)
 
-    def _digest(self, key, base, dir_fd, st) -> tuple[str, str]:
-        with self.lock:
-            future = self.digests.get(key)
-            mine = future is None
-            if mine:
-                future = self.digests[key] = concurrent.futures.Future()
-                self.report.inodes_read += 1
-                self.report.bytes_read += st.st_size
-        if not mine:
-            return future.result()
-        try:
-            fd = mf.open_file_at(base, dir_fd)
-            try:
-                result = (mf.digest_fd(fd), "")
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            result = ("", exc.strerror or str(exc))
-        future.set_result(result)
-        return result
+    def result(self, key: tuple) -> tuple[str, str]:
+        value = self.digests[key]
+        if isinstance(value, concurrent.futures.Future):
+            value = self.digests[key] = value.result()
+        return value
 
 
-def _verify_snapshot(where, manifest, start, pool, reading, over):
+def _digest_and_close(fd: int) -> tuple[str, str]:
+    try:
+        return mf.digest_fd(fd), ""
+    except OSError as exc:
+        return "", exc.strerror or str(exc)
+    finally:
+        os.close(fd)
+
+
+def _verify_snapshot(where, manifest, start, reading, over):
     """Check one snapshot from entry ``start``; returns where it stopped, or None."""
     root, client, area, name = where
     report = reading.report
@@ -320,29 +317,33 @@ def _verify_snapshot(where, manifest, start, pool, reading, over):
             try:
                 dir_fd, base = dirs.parent(entry.path)
             except (OSError, snap.LayoutError):
-                pending.append((index, entry, _done((MISSING, "", None))))
+                pending.append((index, entry, (MISSING, "", None, None)))
             else:
-                dir_fd = os.dup(dir_fd)
-                pending.append((index, entry, pool.submit(reading.check, dir_fd, base, entry)))
+                pending.append((index, entry, reading.check(dir_fd, base, entry)))
             if len(pending) >= MAX_PENDING:
-                _settle(where, pending, report)
+                _settle(where, pending, reading)
         index = len(manifest.entries)
     finally:
-        _settle(where, pending, report)
+        _settle(where, pending, reading)
         report.ranges["%s/%s" % (client, name)] = (start, index)
         dirs.close()
         os.close(top_fd)
     return None
 
 
-def _settle(where, pending: list, report: DriveReport) -> None:
+def _settle(where, pending: list, reading: _Reading) -> None:
     """Turn the checked entries into findings, in manifest order."""
     root, client, _area, name = where
-    for index, entry, future in pending:
-        result = future.result()
-        if result is None:
-            continue
-        problem, actual, st = result
+    report = reading.report
+    for index, entry, (problem, actual, st, key) in pending:
+        if key is not None:
+            digest, error = reading.result(key)
+            if error:
+                problem, actual = UNREADABLE, error
+            elif digest != entry.sha256:
+                problem, actual = CONTENT, digest
+            else:
+                continue
         report.findings.append(
             Finding(
                 root,
@@ -358,12 +359,6 @@ def _settle(where, pending: list, report: DriveReport) -> None:
             )
         )
     pending.clear()
-
-
-def _done(value) -> concurrent.futures.Future:
-    future: concurrent.futures.Future = concurrent.futures.Future()
-    future.set_result(value)
-    return future
 
 
 def read_key(st: os.stat_result, btrfs: bool) -> tuple:

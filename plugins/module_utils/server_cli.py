@@ -471,7 +471,11 @@ def _gate_manifest(config: Config, client: str, area: str, request) -> int:
     finished = [s.name for s in snap.list_snapshots(area)]
     name = request.snapshot or (finished[-1] if finished else None)
     if name is None or name not in finished:
-        sys.stderr.write("linkdest-server: no finished snapshot %s\n" % (name or "yet"))
+        # Not the name back: a laptop learns nothing of names outside its area.
+        sys.stderr.write(
+            "linkdest-server: %s\n"
+            % ("no such finished snapshot" if request.snapshot else "no finished snapshot yet")
+        )
         return EXIT_NOT_FOUND
     if os.geteuid() == 0:
         return show_manifest(config, client, name)

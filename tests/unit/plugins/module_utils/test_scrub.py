@@ -289,3 +289,13 @@ def test_a_file_missing_on_the_mirror_is_put_back_from_the_backup_drive(drives):
     assert all(f.repaired_from == str(drives.one) for f in report.findings)
     assert fingerprint(drives.two) == before
     assert os.listdir(drives.two / scrub.HEAL_DIR) == []
+
+
+def test_btrfs_scrub_error_counters_are_reported():
+    clean = "UUID: x\nScrub started: today\nStatus: finished\n\tread_errors: 0\n\tcsum_errors: 0\n"
+    assert scrub.parse_scrub_status("/drive", clean) == []
+    assert scrub.parse_scrub_status("/drive", "no stats available\n") == []
+    damaged = clean.replace("csum_errors: 0", "csum_errors: 3") + "\tuncorrectable_errors: 1\n"
+    assert scrub.parse_scrub_status("/drive", damaged) == [
+        "btrfs scrub of /drive found csum_errors 3, uncorrectable_errors 1"
+    ]

@@ -95,6 +95,27 @@ CASES = [
         id="negative-protect-days",
     ),
     pytest.param(
+        {"backup_server_verify_sample_percent": 0},
+        {},
+        True,
+        "backup_server_verify_sample_percent",
+        id="verify-sample-zero",
+    ),
+    pytest.param(
+        {"backup_server_verify_max_hours": -1},
+        {},
+        True,
+        "backup_server_verify_max_hours",
+        id="verify-negative-hours",
+    ),
+    pytest.param(
+        {"backup_server_verify_schedule": "weekly"},
+        {},
+        True,
+        "backup_server_verify_schedule",
+        id="verify-bad-schedule",
+    ),
+    pytest.param(
         {"backup_server_laptop_backends": {"nosuchlaptop": "hardlink"}},
         {},
         True,

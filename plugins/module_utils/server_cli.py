@@ -164,17 +164,22 @@ def receiver_argv(
     return argv + [".", dest + "/"]
 
 
+def run_as_root(config: Config, *args: str, text: bool = True) -> subprocess.CompletedProcess:
+    """Run one root step through the sudo rule (``linkdest-server ARGS``), output captured."""
+    return subprocess.run(
+        [*config.subvolume_helper, *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=text,
+        check=False,
+    )
+
+
 def ask_root(config: Config):
     """How this process (a laptop's account) asks root for a btrfs step."""
 
     def privileged(operation: str, name: str) -> None:
-        result = subprocess.run(
-            [*config.subvolume_helper, "subvolume", operation, name],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        result = run_as_root(config, "subvolume", operation, name)
         if result.returncode == EXIT_EXISTS:
             raise FileExistsError(errno.EEXIST, "exists", name)
         if result.returncode != 0:
@@ -316,13 +321,7 @@ def _make_manifest(config: Config, client: str, name: str) -> None:
         else:
             return
     else:
-        result = subprocess.run(
-            [*config.subvolume_helper, "manifest", name],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        result = run_as_root(config, "manifest", name)
         if result.returncode == 0:
             return
         failure = result.stderr.strip() or "exit %d" % result.returncode
@@ -479,12 +478,7 @@ def _gate_manifest(config: Config, client: str, area: str, request) -> int:
         return EXIT_NOT_FOUND
     if os.geteuid() == 0:
         return show_manifest(config, client, name)
-    result = subprocess.run(
-        [*config.subvolume_helper, "manifest", name, "--show"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        check=False,
-    )
+    result = run_as_root(config, "manifest", name, "--show", text=False)
     sys.stdout.buffer.write(result.stdout)
     sys.stdout.flush()
     sys.stderr.buffer.write(result.stderr)

@@ -15,6 +15,8 @@ the mirror is set up, for the mirror drive, then heal() for what it found.
   (checked against the manifest first) go into a new file, which then replaces
   the damaged one under every name that shared it, one rename at a time: a good
   copy is never touched, and a crash leaves each name either old or repaired.
+  On btrfs each damaged snapshot (a read-only subvolume) is unsealed for its
+  own repair and sealed again; copies after the first share blocks by reflink.
 
 Standard library only: this file runs on the server.
 """
@@ -491,32 +493,36 @@ def _good_copy(other_root: str, finding: Finding):
     return fd, os.fstat(fd)
 
 
-def _names_of_inode(root: str, client: str, group: list[Finding]) -> list[tuple[str, str]]:
+def _names_of_inode(
+    root: str, client: str, group: list[Finding], one_snapshot: bool = False
+) -> list[tuple[str, str]]:
     """Every (snapshot, path) on ``root`` that is the damaged inode.
 
     Every name of one inode had the same content when its snapshot was made,
     so the candidates are the entries with the expected digest (the mirror
     drive's manifests carry the backup drive's inode numbers, so those cannot
-    tell). Each candidate is confirmed with lstat before it is replaced.
+    tell). Each candidate is confirmed with lstat before it is replaced. On
+    btrfs (``one_snapshot``) an inode lives in one subvolume only.
     """
     dev, ino = group[0].dev, group[0].ino
     expected = group[0].expected
     names = []
     area = os.path.join(root, client)
-    for item in snap.list_snapshots(area):
+    snapshots = [group[0].snapshot] if one_snapshot else [s.name for s in snap.list_snapshots(area)]
+    for name in snapshots:
         try:
-            entries = mf.load(root, client, item.name).entries
+            entries = mf.load(root, client, name).entries
         except mf.ManifestError:
             entries = []
-        candidates = {f.path for f in group if f.snapshot == item.name}
+        candidates = {f.path for f in group if f.snapshot == name}
         candidates |= {e.path for e in entries if e.sha256 == expected}
         for path in sorted(candidates):
-            opened = _open_in_snapshot(root, client, item.name, path)
+            opened = _open_in_snapshot(root, client, name, path)
             if opened is None:
                 continue
             os.close(opened[0])
             if opened[2] is not None and (opened[2].st_dev, opened[2].st_ino) == (dev, ino):
-                names.append((item.name, path))
+                names.append((name, path))
     return names
 
 
@@ -544,29 +550,24 @@ def _scratch(root: str) -> int:
     return fd
 
 
-def _write_good(source_fd: int, scratch_fd: int, template_fd: int, expected: str) -> str:
+def _write_good(
+    source_fd: int, scratch_fd: int, template_fd: int, expected: str, repaired_fd=None
+) -> str:
     """A new file in the scratch directory with the good bytes; returns its name.
 
     Its owner, mode, xattrs and times come from ``template_fd``: the damaged
     file (to stand in for it exactly) or, for a missing one, the good copy.
+    ``repaired_fd``, a file this repair already wrote on the same btrfs drive,
+    lends its extents instead (a reflink): repaired snapshots share blocks
+    again, as the damaged ones did.
     """
     tmp = HEAL_PREFIX + uuid.uuid4().hex
     new_fd = os.open(
-        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=scratch_fd
+        tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=scratch_fd
     )
     try:
-        # Read the good copy once, hashing and writing the same bytes.
-        digest = mf.hashlib.sha256()
-        while True:
-            chunk = os.read(source_fd, mf.READ_CHUNK)
-            if not chunk:
-                break
-            digest.update(chunk)
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(new_fd, view) :]
-        if digest.hexdigest() != expected:
-            raise OSError("the good copy changed while it was read")
+        if repaired_fd is None or not subvolumes.clone_file(repaired_fd, new_fd):
+            _copy_checked(source_fd, new_fd, expected)
         _copy_metadata(template_fd, new_fd, os.fstat(template_fd))
         os.fsync(new_fd)
     except BaseException:
@@ -575,6 +576,22 @@ def _write_good(source_fd: int, scratch_fd: int, template_fd: int, expected: str
         raise
     os.close(new_fd)
     return tmp
+
+
+def _copy_checked(source_fd: int, new_fd: int, expected: str) -> None:
+    """Read the good copy once from its start, hashing and writing the same bytes."""
+    os.lseek(source_fd, 0, os.SEEK_SET)
+    digest = mf.hashlib.sha256()
+    while True:
+        chunk = os.read(source_fd, mf.READ_CHUNK)
+        if not chunk:
+            break
+        digest.update(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(new_fd, view) :]
+    if digest.hexdigest() != expected:
+        raise OSError("the good copy changed while it was read")
 
 
 def _put_in_place(root, client, names, scratch_fd, tmp, dev=None, ino=None) -> int:
@@ -591,6 +608,7 @@ def _put_in_place(root, client, names, scratch_fd, tmp, dev=None, ino=None) -> i
             continue
         dir_fd, base, st = opened
         try:
+            times = os.fstat(dir_fd)
             link = HEAL_PREFIX + uuid.uuid4().hex
             if ino is None:
                 if st is not None:
@@ -603,11 +621,17 @@ def _put_in_place(root, client, names, scratch_fd, tmp, dev=None, ino=None) -> i
                     tmp, link, src_dir_fd=scratch_fd, dst_dir_fd=scratch_fd, follow_symlinks=False
                 )
                 os.rename(link, base, src_dir_fd=scratch_fd, dst_dir_fd=dir_fd)
+            _keep_times(dir_fd, times)
             os.fsync(dir_fd)
             placed += 1
         finally:
             os.close(dir_fd)
     return placed
+
+
+def _keep_times(fd: int, before: os.stat_result) -> None:
+    """Put a directory's times back: a repair changes no metadata a snapshot recorded."""
+    os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
 def heal(report: DriveReport, other_root: str | None) -> None:
@@ -617,8 +641,8 @@ def heal(report: DriveReport, other_root: str | None) -> None:
     of the damaged inode; a missing file (the mirror left out a file that was
     damaged on the backup drive, say) is put back where its directory exists.
     A changed size or mtime means someone wrote to the file: reported, never
-    overwritten. On btrfs, where finished snapshots are read-only subvolumes,
-    nothing is repaired: reported, with btrfs scrub's own findings.
+    overwritten. On btrfs each damaged snapshot is unsealed for its repair
+    alone and sealed again (subvolumes.unsealed).
     """
     groups: dict[tuple, list[Finding]] = {}
     for finding in report.findings:
@@ -642,15 +666,24 @@ def heal(report: DriveReport, other_root: str | None) -> None:
             for finding in group:
                 finding.unrepaired = "repair failed: %s" % exc
         return
+    # Per (client, digest): a file this run repaired, whose blocks the next
+    # repaired copy on btrfs shares (it would have shared the damaged ones).
+    repaired: dict[tuple[str, str], tuple[str, str]] = {}
     try:
         for (client, kind, *_rest), group in groups.items():
             area = os.path.join(report.drive, client)
             try:
                 with snap.area_lock(area, wait=300):
                     reason = _heal_group(
-                        report.drive, other_root, client, group, scratch_fd, kind == "missing"
+                        report.drive,
+                        other_root,
+                        client,
+                        group,
+                        scratch_fd,
+                        kind == "missing",
+                        repaired,
                     )
-            except (OSError, snap.SnapshotError) as exc:
+            except (OSError, snap.SnapshotError, subvolumes.SubvolumeError) as exc:
                 reason = "repair failed: %s" % exc
             for finding in group:
                 if reason:
@@ -661,11 +694,9 @@ def heal(report: DriveReport, other_root: str | None) -> None:
         os.close(scratch_fd)
 
 
-def _heal_group(root, other_root, client, group, scratch_fd, missing) -> str:
+def _heal_group(root, other_root, client, group, scratch_fd, missing, repaired) -> str:
     """Repair one damaged inode, or one missing file; returns why not, or ''."""
-    first = group[0]
-    if snap.is_subvolume_snapshot(os.path.join(root, client), first.snapshot):
-        return "btrfs snapshots are read-only subvolumes: restore by hand (see README)"
+    on_btrfs = snap.is_subvolume_snapshot(os.path.join(root, client), group[0].snapshot)
     source_fd, why = None, ""
     for finding in group:
         source_fd, why = _good_copy(other_root, finding)
@@ -676,35 +707,25 @@ def _heal_group(root, other_root, client, group, scratch_fd, missing) -> str:
     try:
         if missing:
             names = [(f.snapshot, f.path) for f in group]
-            template_fd = source_fd
         else:
-            names = _names_of_inode(root, client, group)
+            names = _names_of_inode(root, client, group, one_snapshot=on_btrfs)
             if not names:
                 return "the damaged file changed meanwhile"
-            opened = _open_in_snapshot(root, client, names[0][0], names[0][1])
-            if opened is None or opened[2] is None:
-                return "the damaged file vanished meanwhile"
-            try:
-                template_fd = mf.open_file_at(opened[1], opened[0])
-            finally:
-                os.close(opened[0])
+        template_fd = source_fd if missing else _open_regular(root, client, names[0])
+        if template_fd is None:
+            return "the damaged file vanished meanwhile"
         try:
-            tmp = _write_good(source_fd, scratch_fd, template_fd, first.expected)
+            if on_btrfs:
+                placed = _heal_in_subvolumes(
+                    root, client, names, source_fd, template_fd, group[0], missing, repaired
+                )
+            else:
+                placed = _heal_names(
+                    root, client, names, scratch_fd, source_fd, template_fd, group[0], missing
+                )
         finally:
             if template_fd != source_fd:
                 os.close(template_fd)
-        try:
-            placed = _put_in_place(
-                root,
-                client,
-                names,
-                scratch_fd,
-                tmp,
-                None if missing else first.dev,
-                None if missing else first.ino,
-            )
-        finally:
-            os.unlink(tmp, dir_fd=scratch_fd)
     finally:
         os.close(source_fd)
     if placed < len(names):
@@ -713,6 +734,78 @@ def _heal_group(root, other_root, client, group, scratch_fd, missing) -> str:
             len(names),
         )
     return ""
+
+
+def _open_regular(root: str, client: str, name: tuple[str, str]):
+    """The file at (snapshot, path) opened for reading, or None when it is gone."""
+    opened = _open_in_snapshot(root, client, name[0], name[1])
+    if opened is None:
+        return None
+    try:
+        return None if opened[2] is None else mf.open_file_at(opened[1], opened[0])
+    finally:
+        os.close(opened[0])
+
+
+def _heal_names(
+    root, client, names, scratch_fd, source_fd, template_fd, first, missing, repaired_fd=None
+) -> int:
+    """Write the good file once in ``scratch_fd`` and put it under ``names``; how many."""
+    tmp = _write_good(source_fd, scratch_fd, template_fd, first.expected, repaired_fd)
+    try:
+        return _put_in_place(
+            root,
+            client,
+            names,
+            scratch_fd,
+            tmp,
+            None if missing else first.dev,
+            None if missing else first.ino,
+        )
+    finally:
+        os.unlink(tmp, dir_fd=scratch_fd)
+
+
+def _heal_in_subvolumes(
+    root, client, names, source_fd, template_fd, first, missing, repaired
+) -> int:
+    """The btrfs repair: each snapshot is a read-only subvolume, and a file
+    cannot be linked from one subvolume into another. So each snapshot in
+    turn is unsealed, gets the good file written into its own top directory
+    and put under its names, and is sealed again; a copy after the first
+    shares its blocks (a reflink), found in ``repaired`` by digest. The
+    laptop's account never writes to a finished snapshot meanwhile: heal()
+    holds the area's lock, and the gate lets it write only into the run it
+    started."""
+    by_snapshot: dict[str, list[tuple[str, str]]] = {}
+    for snapshot, path in names:
+        by_snapshot.setdefault(snapshot, []).append((snapshot, path))
+    placed = 0
+    for snapshot, batch in by_snapshot.items():
+        earlier = repaired.get((client, first.expected))
+        repaired_fd = _open_regular(root, client, earlier) if earlier else None
+        top_fd = mf.open_dir_at(os.path.join(root, client, snapshot))
+        try:
+            times = os.fstat(top_fd)
+            with subvolumes.unsealed(top_fd):
+                placed += _heal_names(
+                    root,
+                    client,
+                    batch,
+                    top_fd,
+                    source_fd,
+                    template_fd,
+                    first,
+                    missing,
+                    repaired_fd,
+                )
+                _keep_times(top_fd, times)
+        finally:
+            os.close(top_fd)
+            if repaired_fd is not None:
+                os.close(repaired_fd)
+        repaired.setdefault((client, first.expected), batch[0])
+    return placed
 
 
 # --- a run over both drives ------------------------------------------------------

@@ -17,6 +17,7 @@ Standard library only: the server imports this file without Ansible.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -171,6 +172,41 @@ def set_readonly_fd(fd: int, readonly: bool = True) -> None:
     flags = flags_of(fd)
     flags = flags | _SUBVOL_RDONLY if readonly else flags & ~_SUBVOL_RDONLY
     _ioctl(fd, _IOC_SUBVOL_SETFLAGS, struct.pack("=Q", flags), "setting flags")
+
+
+@contextlib.contextmanager
+def unsealed(fd: int):
+    """Make the sealed snapshot open as ``fd`` writable for the block, then seal it again.
+
+    Root's repair of a damaged file (scrub.py) is the only user. The flag is
+    flipped by ioctl, which keeps a received snapshot's received UUID: the
+    repair puts back the bytes it was received with, so incremental sends
+    that use it as their parent stay valid (``btrfs property set ro false``
+    would clear it). The kernel refuses while a send reads the snapshot.
+    """
+    if not is_readonly_fd(fd):
+        raise SubvolumeError("not a sealed snapshot: left alone")
+    set_readonly_fd(fd, False)
+    try:
+        yield fd
+    finally:
+        set_readonly_fd(fd, True)
+
+
+# _IOW(0x94, 9, int): share the source file's extents with the destination file.
+_FICLONE = _iow(9, 4)
+
+
+def clone_file(source_fd: int, dest_fd: int) -> bool:
+    """Make ``dest_fd`` share every extent of ``source_fd`` (a reflink); False
+    when the file system cannot, and the caller copies instead."""
+    try:
+        fcntl.ioctl(dest_fd, _FICLONE, source_fd)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY):
+            return False
+        raise
+    return True
 
 
 def destroy_at(parent_fd: int, name: str) -> None:

@@ -16,6 +16,7 @@ import errno
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 from datetime import datetime, timedelta, timezone
@@ -30,6 +31,9 @@ ACCOUNT_UID = 64123  # no such user: the laptop's account, as the kernel sees it
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=timezone.utc)
 
 
+IMAGES = {}  # mount point -> its image file, for the bit-rot test
+
+
 def _btrfs_drive(tmp_path, name):
     if os.geteuid() != 0:
         pytest.fail("these tests mount a btrfs image: run them as root (make test does)")
@@ -40,6 +44,7 @@ def _btrfs_drive(tmp_path, name):
         handle.truncate(256 * 1024 * 1024)
     subprocess.run(["mkfs.btrfs", "-q", "-f", str(image)], check=True, capture_output=True)
     subprocess.run(["mount", "-o", "loop", str(image), str(mount_point)], check=True)
+    IMAGES[mount_point] = image
     try:
         mount_point.chmod(0o711)
         yield mount_point
@@ -416,10 +421,169 @@ def test_manifests_read_only_what_a_run_rewrote_and_verify_reads_shared_files_on
     assert report.files == 4
     # big.bin once (the same extents in both), a.txt twice (rewritten).
     assert report.inodes_read == 3
-    # A damaged snapshot on btrfs is reported, never written (read-only).
-    report.findings.append(
-        scrub.Finding(str(drive), "laptop", second, "a.txt", scrub.CONTENT, "0" * 64)
+
+
+def flip_in_sealed(path: Path, offset: int = 10) -> None:
+    """Damage one byte of a file in a finished snapshot as bit rot would: same
+    size, same mtime (only root, unsealing the subvolume, can write there)."""
+    top = Path(*path.parts[: len(path.parts) - 1])
+    while not subvolumes.is_subvolume(str(top)):
+        top = top.parent
+    st = os.lstat(path)
+    fd = subvolumes.open_dir(str(top))
+    try:
+        with subvolumes.unsealed(fd), open(path, "r+b") as handle:
+            handle.seek(offset)
+            byte = handle.read(1)
+            handle.seek(offset)
+            handle.write(bytes([byte[0] ^ 0xFF]))
+            handle.flush()
+            os.fsync(handle.fileno())
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    finally:
+        os.close(fd)
+
+
+def received_uuid(path) -> str:
+    out = subprocess.run(
+        ["btrfs", "subvolume", "show", str(path)], check=True, capture_output=True, text=True
+    ).stdout
+    return next(
+        line.split(":", 1)[1].strip() for line in out.splitlines() if "Received UUID" in line
     )
-    scrub.heal(report, str(drive))
-    assert "read-only subvolumes" in report.findings[0].unrepaired
-    assert (area / second / "a.txt").read_text() == "ONE"
+
+
+def fingerprint(top: Path) -> dict:
+    """Content, mode, owner, mtime and xattrs of every path (directories too)."""
+    out = {}
+    for base, dirs, files in os.walk(top):
+        for name in dirs + files:
+            path = os.path.join(base, name)
+            st = os.lstat(path)
+            content = Path(path).read_bytes() if stat.S_ISREG(st.st_mode) else None
+            xattrs = {a: os.getxattr(path, a, follow_symlinks=False) for a in os.listxattr(path)}
+            out[os.path.relpath(path, top)] = (
+                st.st_mode,
+                st.st_uid,
+                st.st_mtime_ns,
+                content,
+                xattrs,
+            )
+    return out
+
+
+def test_damage_is_repaired_on_either_btrfs_drive_from_the_other(area, drive, mirror_drive):
+    from ansible_collections.linkdest.backup.plugins.module_utils import scrub
+
+    big = "".join("line %06d of a file every snapshot shares\n" % i for i in range(30_000))
+    names = [backup(area, {"big.txt": big, "a.txt": "one"}, NOW)]
+    names.append(backup(area, {"big.txt": big, "a.txt": "two"}, NOW + timedelta(hours=1)))
+    for name in names:
+        scrub.make_manifest(str(drive), "laptop", name)
+    config = mirror.Config(source=str(drive), destination=str(mirror_drive))
+    mirror.mirror_area(config, "laptop", mirror.RunResult())
+    mirror.copy_manifests(config, "laptop", names)
+    dest = mirror_drive / "laptop"
+    received = {name: received_uuid(dest / name) for name in names}
+    before = {name: fingerprint(area / name) for name in names}
+    mirror_before = {name: fingerprint(dest / name) for name in names}
+
+    # Bit rot in both snapshots' big.txt on drive 1 (on btrfs each snapshot
+    # has its own inode, sharing blocks), and in a.txt on drive 2.
+    for name in names:
+        flip_in_sealed(area / name / "big.txt", 5000)
+    flip_in_sealed(dest / names[1] / "a.txt", 1)
+    report = scrub.verify_drive(str(drive), ["laptop"], other_root=str(mirror_drive))
+    assert sorted((f.snapshot, f.path, f.problem) for f in report.findings) == [
+        (names[0], "big.txt", scrub.CONTENT),
+        (names[1], "big.txt", scrub.CONTENT),
+    ]
+    scrub.heal(report, str(mirror_drive))
+    assert [f.unrepaired for f in report.findings] == ["", ""]
+    assert [f.repaired_from for f in report.findings] == [str(mirror_drive)] * 2
+    mirror_report = scrub.verify_drive(str(mirror_drive), ["laptop"], other_root=str(drive))
+    assert [(f.snapshot, f.path) for f in mirror_report.findings] == [(names[1], "a.txt")]
+    scrub.heal(mirror_report, str(drive))
+    assert mirror_report.findings[0].repaired_from == str(drive)
+
+    # Everything as it was, sealed again, the good copies only read.
+    for name in names:
+        assert fingerprint(area / name) == before[name]
+        assert fingerprint(dest / name) == mirror_before[name]
+        assert subvolumes.is_readonly(str(area / name))
+        assert subvolumes.is_readonly(str(dest / name))
+        assert received_uuid(dest / name) == received[name]
+    assert scrub.verify_drive(str(drive), ["laptop"]).findings == []
+    assert scrub.verify_drive(str(mirror_drive), ["laptop"]).findings == []
+    assert not [n for n in os.listdir(area / names[1]) if n.startswith(scrub.HEAL_PREFIX)]
+    # The two repaired copies share their blocks again (a reflink), as before.
+    subvolumes.wait_for_deletions(str(drive))
+    subprocess.run(["sync"], check=True)
+    exclusive = subvolumes.exclusive_bytes([str(area / name / "big.txt") for name in names])
+    assert max(exclusive.values()) < len(big) // 2, exclusive
+
+    # The mirror still sends incrementally against a repaired snapshot.
+    incoming = snap.start_incomplete(str(area), NOW + timedelta(hours=2), "btrfs")
+    assert write_as_account(area / incoming.name / "a.txt", "three") == 0
+    names.append(snap.finalize(str(area), incoming.name).final)
+    result = mirror.RunResult()
+    mirror.mirror_area(config, "laptop", result)
+    assert result.problems == []
+    assert result.copied == 1
+    assert result.bytes < len(big) // 2, result.bytes
+    assert (dest / names[2] / "big.txt").read_text() == big
+
+
+def rot_on_disk(drive: Path, pattern: bytes) -> None:
+    """Flip one byte of the only block holding ``pattern`` in the drive's image,
+    below btrfs (as a failing disk would), then drop the page cache so the
+    next read comes from the "disk" and meets btrfs's checksum."""
+    subprocess.run(["sync"], check=True)
+    image = IMAGES[drive]
+    data = image.read_bytes()
+    offset = data.index(pattern)
+    assert data.find(pattern, offset + 1) == -1, "the pattern must be stored once"
+    with open(image, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(bytes([data[offset] ^ 0xFF]))
+        handle.flush()
+        os.fsync(handle.fileno())
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def test_bit_rot_under_btrfs_checksums_is_read_as_unreadable_and_repaired(
+    area, drive, mirror_drive
+):
+    from ansible_collections.linkdest.backup.plugins.module_utils import scrub
+
+    marker = b"ROT-ME-%s" % os.urandom(8).hex().encode()
+    body = (marker + b"\n" + b"".join(b"%07d payload\n" % i for i in range(20_000))).decode()
+    names = [backup(area, {"rot.txt": body, "a.txt": "one"}, NOW)]
+    incoming = snap.start_incomplete(str(area), NOW + timedelta(hours=1), "btrfs")
+    assert write_as_account(area / incoming.name / "a.txt", "two") == 0
+    names.append(snap.finalize(str(area), incoming.name).final)
+    for name in names:
+        scrub.make_manifest(str(drive), "laptop", name)
+    config = mirror.Config(source=str(drive), destination=str(mirror_drive))
+    mirror.mirror_area(config, "laptop", mirror.RunResult())
+    mirror.copy_manifests(config, "laptop", names)
+
+    rot_on_disk(drive, marker)
+    with pytest.raises(OSError, match="Input/output error") as caught:
+        (area / names[1] / "rot.txt").read_bytes()
+    assert caught.value.errno == errno.EIO  # btrfs caught it; nothing else would
+
+    report = scrub.verify_drive(str(drive), ["laptop"], other_root=str(mirror_drive))
+    # Both snapshots share the rotten block: both are named.
+    assert sorted((f.snapshot, f.path, f.problem) for f in report.findings) == [
+        (names[0], "rot.txt", scrub.UNREADABLE),
+        (names[1], "rot.txt", scrub.UNREADABLE),
+    ]
+    scrub.heal(report, str(mirror_drive))
+    assert [f.repaired_from for f in report.findings] == [str(mirror_drive)] * 2
+
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    for name in names:
+        assert (area / name / "rot.txt").read_text() == body
+        assert subvolumes.is_readonly(str(area / name))
+    assert scrub.verify_drive(str(drive), ["laptop"]).findings == []

@@ -395,6 +395,48 @@ def test_the_mirror_sends_each_snapshot_with_btrfs_send(laptop, server, made):
     )
 
 
+def received_uuid(server, path: str) -> str:
+    out = lib.run_ok(server, "btrfs subvolume show %s" % path)
+    return re.search(r"Received UUID:\s*(\S+)", out).group(1)
+
+
+def test_verify_repairs_damage_on_either_btrfs_drive_from_the_other(server, made):
+    mirrored = "/media/mirror_drive/" + CLIENT
+    newest, older = made[-1], made[-2]
+    clean = server.run("%s verify --restart" % SERVER_CMD)
+    assert clean.rc == 0, clean.stdout + clean.stderr
+    received = {name: received_uuid(server, "%s/%s" % (mirrored, name)) for name in made}
+    good = {
+        (area, name): sha256(server, "%s/%s/big.bin" % (area, name))
+        for area in (AREA, mirrored)
+        for name in (newest, older)
+    }
+    lib.flip_in_sealed_on(server, "%s/%s" % (AREA, newest), "big.bin", 5 * MIB)
+    lib.flip_in_sealed_on(server, "%s/%s" % (mirrored, older), "big.bin", 7 * MIB)
+    assert sha256(server, "%s/%s/big.bin" % (AREA, newest)) != good[(AREA, newest)]
+
+    result = server.run("%s verify --restart" % SERVER_CMD)
+
+    assert result.rc == 0, result.stdout + result.stderr
+    for drive, name, other in (
+        (lib.ROOT, newest, "/media/mirror_drive"),
+        ("/media/mirror_drive", older, lib.ROOT),
+    ):
+        assert (
+            "%s: %s/%s/big.bin: content differs from the manifest (repaired from %s)"
+            % (drive, CLIENT, name, other)
+            in result.stdout
+        ), result.stdout
+    for (area, name), digest in good.items():
+        assert sha256(server, "%s/%s/big.bin" % (area, name)) == digest
+        ro = lib.run_ok(server, "btrfs property get -ts %s/%s ro" % (area, name))
+        assert ro.strip() == "ro=true", (area, name)
+    # Sealed again by ioctl: the mirror's snapshots keep their received UUID,
+    # so later incremental sends still find their parent.
+    assert {n: received_uuid(server, "%s/%s" % (mirrored, n)) for n in made} == received
+    assert server.run("%s verify --restart" % SERVER_CMD).rc == 0
+
+
 def test_prune_deletes_the_subvolumes_thinning_removes(server, made):
     before = lib.snapshot_names(server, CLIENT)
     assert before == sorted(made)

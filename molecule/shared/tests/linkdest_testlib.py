@@ -380,3 +380,19 @@ def flip_on(host, path: str, offset: int = 0) -> None:
     """Damage a file on a test host."""
     result = host.run("python3 -c %s %s %d" % (shlex.quote(FLIP_PY), shlex.quote(path), offset))
     assert result.rc == 0, result.stderr
+
+
+def flip_in_sealed_on(server, snapshot: str, relpath: str, offset: int = 0) -> None:
+    """Damage a file in a read-only btrfs snapshot on the server: unsealed for
+    the write by the installed library's ioctl (which, unlike ``btrfs property
+    set``, keeps a received snapshot's received UUID), sealed again."""
+    code = (
+        "import sys; sys.path.insert(0, '/usr/local/lib/linkdest')\n"
+        "from ansible_collections.linkdest.backup.plugins.module_utils import subvolumes\n"
+        "fd = subvolumes.open_dir(%r)\n"
+        "with subvolumes.unsealed(fd):\n"
+        "    sys.argv = ['flip', %r, '%d']\n"
+        "    exec(%r)\n" % (snapshot, "%s/%s" % (snapshot, relpath), offset, FLIP_PY)
+    )
+    result = server.run("python3 -c %s" % shlex.quote(code))
+    assert result.rc == 0, result.stderr

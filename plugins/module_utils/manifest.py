@@ -18,7 +18,9 @@ truncated or edited file is reported, never used.
 
 Cost: a file that is the same inode as in the previous snapshot (a hard link
 made by --link-dest, or a btrfs file the run did not write) takes its digest
-from the previous manifest; only new content is read.
+from the previous manifest; only new content is read. With hard links the
+directory listing alone tells (path and inode number): an unchanged snapshot
+costs one listing of its tree, no stat, and its lines are the previous ones.
 
 The format is gzip-compressed text, one file per line::
 
@@ -28,7 +30,8 @@ The format is gzip-compressed text, one file per line::
     end COUNT SHA256HEX-OF-THE-LINES-ABOVE
 
 PATH is a JSON string (names may hold any byte but NUL and "/"; undecodable
-bytes travel as surrogate escapes).
+bytes travel as surrogate escapes). CTIME_NS is the ctime when the content was
+read; with hard links each later link changes the inode's ctime, not the line.
 
 Standard library only: this file runs on the server.
 """
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import gzip
 import hashlib
 import json
@@ -76,12 +80,30 @@ class Entry(NamedTuple):
 
 @dataclass
 class Manifest:
+    """One snapshot's manifest: its entry lines as stored, parsed on demand
+    (the next snapshot's manifest reuses most lines as they are)."""
+
     client: str
     snapshot: str
-    entries: list[Entry]
+    lines: list[str]
+
+    @functools.cached_property
+    def entries(self) -> list[Entry]:
+        return [entry_of(line) for line in self.lines]
 
     def by_path(self) -> dict[str, Entry]:
         return {entry.path: entry for entry in self.entries}
+
+
+def entry_of(line: str) -> Entry:
+    digest, size, mtime, ctime, ino, path = line.split(" ", 5)
+    # Most names need no unescaping: skip the JSON parser for those.
+    path = path[1:-1] if "\\" not in path else json.loads(path)
+    return Entry(path, digest, int(size), int(mtime), int(ctime), int(ino))
+
+
+def line_of(e: Entry) -> str:
+    return "%s %d %d %d %d %s" % (e.sha256, e.size, e.mtime_ns, e.ctime_ns, e.ino, _quoted(e.path))
 
 
 @dataclass
@@ -90,6 +112,8 @@ class BuildStats:
     read_files: int = 0
     read_bytes: int = 0
     reused_files: int = 0
+    # Of those, how many by path and inode number alone (no stat; build_manifest).
+    by_listing: int = 0
     skipped: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
@@ -163,45 +187,51 @@ def digest_at(name: str, dir_fd: int | None = None, on_bytes=None) -> str:
         os.close(fd)
 
 
-def walk_files(top: str) -> Iterator[tuple[str, int, str, os.stat_result]]:
-    """Every regular file under ``top``: (relative path, parent dir fd, name, lstat).
+def walk_entries(top: str) -> Iterator[tuple[str, int, str, int]]:
+    """Every regular file under ``top``: (relative path, parent dir fd, name, inode).
 
-    Works on directory file descriptors and never follows a symlink, so a
-    snapshot's content cannot lead the walk (root's, too) outside it. The
+    Type and inode come with each name in the directory listing: no stat
+    call. Works on directory file descriptors and never follows a symlink, so
+    a snapshot's content cannot lead the walk (root's, too) outside it. The
     parent fd is valid only until the next item. Depth first, names sorted
     within each directory; a stack, not recursion, so a deep tree costs no
     chain of generators.
     """
     top_fd = open_dir_at(top)
-    stack = [(top_fd, "", iter(_names(top_fd)))]
+    stack = [(top_fd, "", iter(_listing(top_fd)))]
     try:
         while stack:
-            dir_fd, prefix, names = stack[-1]
-            for name in names:
+            dir_fd, prefix, entries = stack[-1]
+            for entry in entries:
                 try:
-                    st = os.lstat(name, dir_fd=dir_fd)
-                except FileNotFoundError:
+                    is_file = entry.is_file(follow_symlinks=False)
+                    is_dir = not is_file and entry.is_dir(follow_symlinks=False)
+                except OSError:
                     continue
-                if stat.S_ISREG(st.st_mode):
-                    yield prefix + name, dir_fd, name, st
-                elif stat.S_ISDIR(st.st_mode):
+                if is_file:
+                    yield prefix + entry.name, dir_fd, entry.name, entry.inode()
+                elif is_dir:
                     try:
-                        child = open_dir_at(name, dir_fd)
+                        child = open_dir_at(entry.name, dir_fd)
                     except OSError:
                         continue
-                    stack.append((child, prefix + name + "/", iter(_names(child))))
+                    stack.append((child, prefix + entry.name + "/", iter(_listing(child))))
                     break
             else:
                 stack.pop()
                 os.close(dir_fd)
     finally:
-        for dir_fd, _prefix, _names_left in stack:
+        for dir_fd, _prefix, _entries_left in stack:
             os.close(dir_fd)
 
 
-def _names(dir_fd: int) -> list[str]:
+def _by_name(entry: os.DirEntry) -> str:
+    return entry.name
+
+
+def _listing(dir_fd: int) -> list[os.DirEntry]:
     with os.scandir(dir_fd) as listing:
-        return sorted(entry.name for entry in listing)
+        return sorted(listing, key=_by_name)
 
 
 def reuse_key(path: str, st: os.stat_result, same_device: bool) -> tuple:
@@ -221,28 +251,62 @@ def reuse_key(path: str, st: os.stat_result, same_device: bool) -> tuple:
     return (path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def build(
+def build_manifest(
     snapshot_dir: str,
+    client: str,
+    snapshot: str,
     previous: Manifest | None = None,
     previous_dir: str | None = None,
-) -> tuple[list[Entry], BuildStats]:
-    """The entries of ``snapshot_dir``, reading only content that is new."""
+    trust_inodes: bool = True,
+) -> tuple[Manifest, BuildStats]:
+    """The manifest of ``snapshot_dir``, reading only content that is new.
+
+    With hard links (``previous_dir`` on the same file system) a file whose
+    path and inode number, straight from the directory listing, are those the
+    previous manifest lists is that very inode: the previous snapshot still
+    holds it, so the number cannot have been reused, and finished snapshots
+    are never written in place. Its line is taken as it is, without a stat
+    (its ctime stays the one recorded when the content was read). A repair
+    (scrub.heal) frees inodes a manifest names: after one, ``trust_inodes``
+    is off and every file is matched by lstat as well.
+    """
     stats = BuildStats()
-    known: dict[tuple, str] = {}
+    by_inode: dict[tuple[str, str], str] = {}  # (quoted path, inode) -> line
+    by_stat: dict[tuple, str] = {}  # reuse_key -> digest
     same_device = True
     if previous is not None and previous_dir is not None:
         try:
             same_device = os.lstat(previous_dir).st_dev == os.lstat(snapshot_dir).st_dev
         except OSError:
             previous = None
-        for old in previous.entries if previous is not None else []:
+    if previous is not None and same_device and trust_inodes:
+        for line in previous.lines:
+            _digest, _size, _mtime, _ctime, ino, quoted = line.split(" ", 5)
+            by_inode[(quoted, ino)] = line
+    elif previous is not None:
+        for old in previous.entries:
             key = (old.path, old.ino, old.size, old.mtime_ns)
-            known[key if same_device else (*key, old.ctime_ns)] = old.sha256
-    entries = []
+            by_stat[key if same_device else (*key, old.ctime_ns)] = old.sha256
+    lines = []
     seen_here: dict[int, str] = {}  # hard links inside this snapshot: read once
-    for rel, dir_fd, name, st in walk_files(snapshot_dir):
+    for rel, dir_fd, name, ino in walk_entries(snapshot_dir):
+        quoted = _quoted(rel)
+        line = by_inode.get((quoted, str(ino))) if by_inode else None
+        if line is not None:
+            stats.files += 1
+            stats.reused_files += 1
+            stats.by_listing += 1
+            seen_here[ino] = line[:64]
+            lines.append(line)
+            continue
+        try:
+            st = os.lstat(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue  # replaced since it was listed
         stats.files += 1
-        digest = known.get(reuse_key(rel, st, same_device)) or seen_here.get(st.st_ino)
+        digest = by_stat.get(reuse_key(rel, st, same_device)) or seen_here.get(st.st_ino)
         if digest is not None:
             stats.reused_files += 1
         else:
@@ -254,8 +318,21 @@ def build(
             stats.read_files += 1
             stats.read_bytes += st.st_size
         seen_here[st.st_ino] = digest
-        entries.append(Entry(rel, digest, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
-    return entries, stats
+        lines.append(
+            "%s %d %d %d %d %s"
+            % (digest, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, quoted)
+        )
+    return Manifest(client, snapshot, lines), stats
+
+
+def build(
+    snapshot_dir: str,
+    previous: Manifest | None = None,
+    previous_dir: str | None = None,
+) -> tuple[list[Entry], BuildStats]:
+    """The entries of ``snapshot_dir`` (build_manifest, parsed)."""
+    manifest, stats = build_manifest(snapshot_dir, "", "", previous, previous_dir)
+    return manifest.entries, stats
 
 
 # Printable ASCII but the quote and the backslash: such a name is its own JSON
@@ -267,22 +344,22 @@ def _quoted(path: str) -> str:
     return '"%s"' % path if _PLAIN_NAME.match(path) else json.dumps(path)
 
 
-def _lines(client: str, snapshot: str, entries: list[Entry]) -> bytes:
-    out = ["%s %s %s\n" % (MAGIC, client, snapshot)]
-    for e in entries:
-        out.append(
-            "%s %d %d %d %d %s\n"
-            % (e.sha256, e.size, e.mtime_ns, e.ctime_ns, e.ino, _quoted(e.path))
-        )
-    return "".join(out).encode("ascii")
+def _body(manifest: Manifest) -> bytes:
+    head = "%s %s %s\n" % (MAGIC, manifest.client, manifest.snapshot)
+    if not manifest.lines:
+        return head.encode("ascii")
+    return (head + "\n".join(manifest.lines) + "\n").encode("ascii")
 
 
-def serialize(client: str, snapshot: str, entries: list[Entry]) -> bytes:
-    body = _lines(client, snapshot, entries)
-    trailer = "end %d %s\n" % (len(entries), hashlib.sha256(body).hexdigest())
+def _trailer(manifest: Manifest, body: bytes) -> bytes:
+    return b"end %d %s\n" % (len(manifest.lines), hashlib.sha256(body).hexdigest().encode())
+
+
+def serialize(manifest: Manifest) -> bytes:
+    body = _body(manifest)
     # Level 1: a manifest is written at every finalize; the best level took
     # most of an unchanged snapshot's manifest time for a few percent less.
-    return gzip.compress(body + trailer.encode("ascii"), compresslevel=1, mtime=0)
+    return gzip.compress(body + _trailer(manifest, body), compresslevel=1, mtime=0)
 
 
 def _ensure_root_dir(path: str) -> None:
@@ -298,12 +375,17 @@ def _ensure_root_dir(path: str) -> None:
 
 
 def write(root: str, client: str, snapshot: str, entries: list[Entry]) -> str:
+    """Write a manifest of ``entries`` (write_manifest)."""
+    return write_manifest(root, Manifest(client, snapshot, [line_of(e) for e in entries]))
+
+
+def write_manifest(root: str, manifest: Manifest) -> str:
     """Write the manifest atomically (temporary file, fsync, rename); returns its path."""
-    directory = manifest_dir(root, client)
+    directory = manifest_dir(root, manifest.client)
     _ensure_root_dir(directory)
-    final = os.path.join(directory, snapshot)
+    final = os.path.join(directory, manifest.snapshot)
     tmp = os.path.join(directory, ".tmp-%s" % uuid.uuid4().hex)
-    data = serialize(client, snapshot, entries)
+    data = serialize(manifest)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "wb", closefd=False) as handle:
@@ -336,7 +418,7 @@ def parse(data: bytes, where: str) -> Manifest:
         raise ManifestError("%s is truncated (no end line)" % where)
     cut = data.rfind(b"\n", 0, len(data) - 1) + 1
     body, trailer = data[:cut], data[cut:].decode("ascii", errors="replace").split()
-    lines = body.decode("ascii", errors="replace").splitlines()
+    lines = body.decode("ascii", errors="replace").split("\n")[:-1]
     if len(trailer) != 3 or trailer[0] != "end":
         raise ManifestError("%s is truncated (no end line)" % where)
     if not lines or not lines[0].startswith(MAGIC + " "):
@@ -344,13 +426,7 @@ def parse(data: bytes, where: str) -> Manifest:
     if trailer[2] != hashlib.sha256(body).hexdigest() or trailer[1] != str(len(lines) - 1):
         raise ManifestError("%s does not match its own digest: edited or damaged" % where)
     header = lines[0][len(MAGIC) + 1 :].split(" ")
-    entries = []
-    for line in lines[1:]:
-        digest, size, mtime, ctime, ino, path = line.split(" ", 5)
-        # Most names need no unescaping: skip the JSON parser for those.
-        path = path[1:-1] if "\\" not in path else json.loads(path)
-        entries.append(Entry(path, digest, int(size), int(mtime), int(ctime), int(ino)))
-    return Manifest(header[0], header[1] if len(header) > 1 else "", entries)
+    return Manifest(header[0], header[1] if len(header) > 1 else "", lines[1:])
 
 
 def load(root: str, client: str, snapshot: str, trusted_uid: int = 0) -> Manifest:
@@ -394,9 +470,35 @@ def load(root: str, client: str, snapshot: str, trusted_uid: int = 0) -> Manifes
 
 def text_of(manifest: Manifest) -> str:
     """The manifest's lines as stored (header, entries, end line), decompressed."""
-    body = _lines(manifest.client, manifest.snapshot, manifest.entries)
-    trailer = "end %d %s\n" % (len(manifest.entries), hashlib.sha256(body).hexdigest())
-    return body.decode("ascii") + trailer
+    body = _body(manifest)
+    return (body + _trailer(manifest, body)).decode("ascii")
+
+
+REPAIRED_STAMP = ".repaired"
+
+
+def mark_repaired(root: str, client: str) -> None:
+    """Note that a repair is about to free inodes this client's manifests name
+    (the next manifest must not trust inode numbers; build_manifest)."""
+    directory = manifest_dir(root, client)
+    _ensure_root_dir(directory)
+    stamp = os.path.join(directory, REPAIRED_STAMP)
+    fd = os.open(stamp, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        os.utime(fd)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def repaired_since(root: str, client: str, snapshot: str) -> bool:
+    """True when a repair came after the manifest of ``snapshot`` was written."""
+    try:
+        stamp = os.lstat(os.path.join(manifest_dir(root, client), REPAIRED_STAMP))
+        made = os.lstat(manifest_path(root, client, snapshot))
+    except FileNotFoundError:
+        return False
+    return stamp.st_mtime_ns >= made.st_mtime_ns
 
 
 def has_manifest(root: str, client: str, snapshot: str) -> bool:

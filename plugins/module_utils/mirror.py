@@ -971,7 +971,7 @@ def copy_manifests(config: Config, area: str, names: list[str]) -> int:
             manifest = mf.load(config.source, area, name)
         except mf.ManifestError:
             continue
-        mf.write(config.destination, area, name, manifest.entries)
+        mf.write_manifest(config.destination, manifest)
         copied += 1
     mf.remove_orphans(
         config.destination, area, set(finished_names(os.path.join(config.destination, area)))

@@ -394,6 +394,7 @@ def make_manifest(root: str, client: str, name: str) -> mf.BuildStats | None:
         mf.load(root, client, name)
         return None
     previous = previous_dir = None
+    trust_inodes = True
     older = [s.name for s in snap.list_snapshots(area) if s.name < name]
     for candidate in reversed(older):
         try:
@@ -401,9 +402,12 @@ def make_manifest(root: str, client: str, name: str) -> mf.BuildStats | None:
         except mf.ManifestError:
             continue
         previous_dir = os.path.join(area, candidate)
+        trust_inodes = not mf.repaired_since(root, client, candidate)
         break
-    entries, stats = mf.build(os.path.join(area, name), previous, previous_dir)
-    mf.write(root, client, name, entries)
+    manifest, stats = mf.build_manifest(
+        os.path.join(area, name), client, name, previous, previous_dir, trust_inodes
+    )
+    mf.write_manifest(root, manifest)
     return stats
 
 
@@ -704,6 +708,9 @@ def _heal_group(root, other_root, client, group, scratch_fd, missing, repaired) 
             break
     if source_fd is None:
         return why
+    if not missing:
+        # Before an inode a manifest names is freed (and its number reused).
+        mf.mark_repaired(root, client)
     try:
         if missing:
             names = [(f.snapshot, f.path) for f in group]

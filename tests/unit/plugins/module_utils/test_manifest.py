@@ -123,6 +123,78 @@ def test_second_snapshot_reads_only_new_inodes(tmp_path):
     assert by_path["d/f03"].sha256 != previous.by_path()["d/f03"].sha256
 
 
+def two_linked_snapshots(tmp_path: Path):
+    """A laptop folder, its first snapshot with a manifest, and an unchanged
+    second one by --link-dest (every file the same inode as in the first)."""
+    laptop, root = tmp_path / "laptop", tmp_path / "drive"
+    area = root / CLIENT
+    area.mkdir(parents=True)
+    (laptop / "d").mkdir(parents=True)
+    for index in range(5):
+        (laptop / "d" / ("f%d" % index)).write_text("file %d\n" % index * 50)
+    first = snapshot_with_link_dest(area, laptop, "back-2026-11-01T10_00_00", None)
+    manifest, _stats = mf.build_manifest(str(first), CLIENT, first.name)
+    mf.write_manifest(str(root), manifest)
+    second = snapshot_with_link_dest(area, laptop, "back-2026-11-02T10_00_00", first.name)
+    return root, first, second
+
+
+def test_an_unchanged_snapshot_takes_every_line_from_the_previous_manifest(tmp_path):
+    root, first, second = two_linked_snapshots(tmp_path)
+    previous = mf.load(str(root), CLIENT, first.name)
+
+    manifest, stats = mf.build_manifest(str(second), CLIENT, second.name, previous, str(first))
+
+    assert (stats.files, stats.read_files, stats.reused_files) == (5, 0, 5)
+    assert manifest.lines == previous.lines  # the same lines, as stored
+    mf.write_manifest(str(root), manifest)
+    assert mf.load(str(root), CLIENT, second.name).entries == previous.entries
+
+
+def test_an_inode_written_in_place_keeps_its_first_digest_so_verify_sees_it(tmp_path):
+    # Finished snapshots are never written in place; if one were (a bug, an
+    # attack), the next manifest must not "bless" the new bytes.
+    root, first, second = two_linked_snapshots(tmp_path)
+    target = second / "d" / "f1"
+    original = mf.load(str(root), CLIENT, first.name).by_path()["d/f1"]
+    target.write_text("tampered\n")
+    previous = mf.load(str(root), CLIENT, first.name)
+
+    manifest, stats = mf.build_manifest(str(second), CLIENT, second.name, previous, str(first))
+
+    assert stats.read_files == 0
+    assert manifest.by_path()["d/f1"] == original
+
+
+def test_after_a_repair_inode_numbers_are_not_trusted(tmp_path):
+    # A repair frees the damaged inode; its number may come back for another
+    # file at the same path. Play that: the first manifest names, for d/f2,
+    # the inode the second snapshot now has, with other content's digest.
+    root, first, second = two_linked_snapshots(tmp_path)
+    os.unlink(second / "d" / "f2")
+    (second / "d" / "f2").write_text("new content\n")
+    reused = (second / "d" / "f2").stat().st_ino
+    forged = [
+        line if not line.endswith(' "d/f2"') else '%s 9 0 0 %d "d/f2"' % ("0" * 64, reused)
+        for line in mf.load(str(root), CLIENT, first.name).lines
+    ]
+    os.unlink(mf.manifest_path(str(root), CLIENT, first.name))
+    mf.write_manifest(str(root), mf.Manifest(CLIENT, first.name, forged))
+    previous = mf.load(str(root), CLIENT, first.name)
+    trusted, _stats = mf.build_manifest(str(second), CLIENT, second.name, previous, str(first))
+    assert trusted.by_path()["d/f2"].sha256 == "0" * 64  # what trusting the number gives
+
+    assert not mf.repaired_since(str(root), CLIENT, first.name)
+    mf.mark_repaired(str(root), CLIENT)
+    assert mf.repaired_since(str(root), CLIENT, first.name)
+    manifest, stats = mf.build_manifest(
+        str(second), CLIENT, second.name, previous, str(first), trust_inodes=False
+    )
+
+    assert manifest.by_path()["d/f2"].sha256 == sha(second / "d" / "f2")
+    assert (stats.read_files, stats.reused_files) == (1, 4)
+
+
 def write_one(tmp_path: Path) -> tuple[Path, str]:
     snapshot = tmp_path / CLIENT / "back-2026-11-01T10_00_00"
     make_tree(snapshot)

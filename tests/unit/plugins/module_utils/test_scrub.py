@@ -124,7 +124,10 @@ def test_flipped_byte_same_size_and_mtime_is_found_in_every_snapshot_and_repaire
     scrub.heal(report, str(drives.two))
     assert all(f.repaired_from == str(drives.two) for f in report.findings)
 
-    assert fingerprint(drives.one) == before
+    after = fingerprint(drives.one)
+    # The one addition: the stamp that makes the next manifest distrust inodes.
+    assert after.pop(".linkdest-manifests/%s/%s" % (CLIENT, mf.REPAIRED_STAMP))
+    assert after == before
     assert fingerprint(drives.two) == mirror_before
     inodes = {drives.path(drives.one, n, "docs/a.txt").stat().st_ino for n in drives.names}
     assert len(inodes) == 1
@@ -155,7 +158,32 @@ def test_drive_two_is_repaired_from_drive_one(drives):
     report = scrub.verify_drive(str(drives.two), [CLIENT])
     assert len(report.findings) == 3
     scrub.heal(report, str(drives.one))
-    assert fingerprint(drives.two) == before
+    after = fingerprint(drives.two)
+    assert after.pop(".linkdest-manifests/%s/%s" % (CLIENT, mf.REPAIRED_STAMP))
+    assert after == before
+
+
+def test_the_manifest_after_a_repair_matches_files_by_lstat_not_by_inode_number(drives):
+    lib.flip_byte(drives.path(drives.one, drives.names[1], "docs/a.txt"), 3)
+    report = scrub.verify_drive(str(drives.one), [CLIENT])
+    scrub.heal(report, str(drives.two))
+    assert all(f.repaired_from for f in report.findings)
+
+    after_repair = drives.backup()
+    stats = scrub.make_manifest(str(drives.one), CLIENT, after_repair)  # made by backup()
+    assert stats is None
+    stats = rebuild(drives, after_repair)
+    # a.txt is read: its repaired inode is not the one the manifest before names.
+    assert (stats.files, stats.read_files, stats.by_listing) == (4, 1, 0)
+    stats = rebuild(drives, drives.backup())
+    assert (stats.files, stats.read_files, stats.by_listing) == (4, 0, 4)
+    assert scrub.verify_drive(str(drives.one), [CLIENT]).findings == []
+
+
+def rebuild(drives, name: str):
+    """Make the manifest of ``name`` again, as its finalize did."""
+    os.unlink(mf.manifest_path(str(drives.one), CLIENT, name))
+    return scrub.make_manifest(str(drives.one), CLIENT, name)
 
 
 def test_changed_mtime_or_size_is_reported_never_overwritten(drives):

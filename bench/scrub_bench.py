@@ -12,7 +12,8 @@ On this machine's disk, as root (caches are dropped between cold runs):
    file read and hashed) against ``sha256sum`` of the same files (xargs, one
    process per 1000 files), cold cache both; MB/s of each.
 2. unchanged snapshot: ``rsync -a --link-dest`` of the unchanged tree (what
-   the gate's receiver does, without ssh), then the manifest of the new
+   the gate's receiver does, without ssh) and the syncfs finalize does after
+   it, then the manifest of the new
    snapshot (every digest taken from the previous manifest); the share the
    manifest adds to the snapshot.
 3. after a 1 % change: the same, where the changed files are read.
@@ -41,6 +42,9 @@ from ansible_collections.linkdest.backup.plugins.module_utils import (  # noqa: 
     manifest as mf,
 )
 from ansible_collections.linkdest.backup.plugins.module_utils import scrub  # noqa: E402
+from ansible_collections.linkdest.backup.plugins.module_utils import (  # noqa: E402
+    snapshots as snap,
+)
 
 CLIENT = "laptop"
 FILES = int(os.environ.get("BENCH_FILES", "20000"))
@@ -84,10 +88,17 @@ def xargs(top: Path, listing: Path, *command: str) -> None:
 
 
 def snapshot(area: Path, laptop: Path, name: str, base: str | None) -> float:
+    """rsync, then the flush to disk finalize does before it renames (syncfs):
+    without it the manifest's own fsync would pay for writing rsync's work."""
     argv = ["rsync", "-a", "--fake-super"]
     if base:
         argv.append("--link-dest=../%s" % base)
-    return seconds(lambda: run(*argv, "%s/" % laptop, name + "/", cwd=str(area)))
+
+    def make() -> None:
+        run(*argv, "%s/" % laptop, name + "/", cwd=str(area))
+        snap.sync_filesystem(str(area / name))
+
+    return seconds(make)
 
 
 def manifest_of(root: Path, name: str) -> float:

@@ -44,16 +44,21 @@ import functools
 import gzip
 import hashlib
 import json
+import operator
 import os
+import queue
 import re
 import stat
 import threading
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 MANIFEST_DIR = ".linkdest-manifests"
+# Lines handed to the writer's thread at a time (about 0.7 MB).
+_CHUNK_LINES = 4096
 MAGIC = "linkdest-manifest 1"
 READ_CHUNK = 1 << 20
 # O_NOATIME keeps verify from dirtying every inode it reads; only the owner
@@ -225,13 +230,9 @@ def walk_entries(top: str) -> Iterator[tuple[str, int, str, int]]:
             os.close(dir_fd)
 
 
-def _by_name(entry: os.DirEntry) -> str:
-    return entry.name
-
-
 def _listing(dir_fd: int) -> list[os.DirEntry]:
     with os.scandir(dir_fd) as listing:
-        return sorted(listing, key=_by_name)
+        return sorted(listing, key=operator.attrgetter("name"))
 
 
 def reuse_key(path: str, st: os.stat_result, same_device: bool) -> tuple:
@@ -258,6 +259,7 @@ def build_manifest(
     previous: Manifest | None = None,
     previous_dir: str | None = None,
     trust_inodes: bool = True,
+    out: ManifestWriter | None = None,
 ) -> tuple[Manifest, BuildStats]:
     """The manifest of ``snapshot_dir``, reading only content that is new.
 
@@ -269,6 +271,8 @@ def build_manifest(
     (its ctime stays the one recorded when the content was read). A repair
     (scrub.heal) frees inodes a manifest names: after one, ``trust_inodes``
     is off and every file is matched by lstat as well.
+
+    With ``out`` the lines go to the writer as they are made, in chunks.
     """
     stats = BuildStats()
     by_inode: dict[tuple[str, str], str] = {}  # (quoted path, inode) -> line
@@ -287,10 +291,15 @@ def build_manifest(
         for old in previous.entries:
             key = (old.path, old.ino, old.size, old.mtime_ns)
             by_stat[key if same_device else (*key, old.ctime_ns)] = old.sha256
-    lines = []
+    lines: list[str] = []
+    fed = 0
     seen_here: dict[int, str] = {}  # hard links inside this snapshot: read once
+    plain = _PLAIN_NAME.match
     for rel, dir_fd, name, ino in walk_entries(snapshot_dir):
-        quoted = _quoted(rel)
+        if out is not None and len(lines) - fed >= _CHUNK_LINES:
+            out.feed(lines[fed:])
+            fed = len(lines)
+        quoted = '"%s"' % rel if plain(rel) else json.dumps(rel)  # _quoted(), inline
         line = by_inode.get((quoted, str(ino))) if by_inode else None
         if line is not None:
             stats.files += 1
@@ -322,6 +331,8 @@ def build_manifest(
             "%s %d %d %d %d %s"
             % (digest, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, quoted)
         )
+    if out is not None:
+        out.feed(lines[fed:])
     return Manifest(client, snapshot, lines), stats
 
 
@@ -344,22 +355,88 @@ def _quoted(path: str) -> str:
     return '"%s"' % path if _PLAIN_NAME.match(path) else json.dumps(path)
 
 
-def _body(manifest: Manifest) -> bytes:
-    head = "%s %s %s\n" % (MAGIC, manifest.client, manifest.snapshot)
-    if not manifest.lines:
-        return head.encode("ascii")
-    return (head + "\n".join(manifest.lines) + "\n").encode("ascii")
+def _trailer(count: int, digest) -> bytes:
+    return b"end %d %s\n" % (count, digest.hexdigest().encode())
 
 
-def _trailer(manifest: Manifest, body: bytes) -> bytes:
-    return b"end %d %s\n" % (len(manifest.lines), hashlib.sha256(body).hexdigest().encode())
+class ManifestWriter:
+    """Writes one manifest atomically (temporary file, fsync, rename) while it
+    is being built: a second thread hashes and compresses each chunk of lines
+    as it comes (zlib and hashlib let go of the interpreter lock), so on more
+    than one core that costs next to nothing beside the walk.
 
+    Level 1 compression: a manifest is written at every finalize; the best
+    level took most of an unchanged snapshot's manifest time for a few
+    percent less.
+    """
 
-def serialize(manifest: Manifest) -> bytes:
-    body = _body(manifest)
-    # Level 1: a manifest is written at every finalize; the best level took
-    # most of an unchanged snapshot's manifest time for a few percent less.
-    return gzip.compress(body + _trailer(manifest, body), compresslevel=1, mtime=0)
+    def __init__(self, root: str, client: str, snapshot: str):
+        self.directory = manifest_dir(root, client)
+        self.final = os.path.join(self.directory, snapshot)
+        self.header = ("%s %s %s\n" % (MAGIC, client, snapshot)).encode("ascii")
+        self.count = 0
+        self.tmp = ""
+        self._chunks: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._failed: BaseException | None = None
+
+    def __enter__(self) -> ManifestWriter:
+        _ensure_root_dir(self.directory)
+        self.tmp = os.path.join(self.directory, ".tmp-%s" % uuid.uuid4().hex)
+        self._handle = open(  # noqa: SIM115 (closed by __exit__)
+            os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb"
+        )
+        self._thread = threading.Thread(target=self._drain, name="manifest-writer", daemon=True)
+        self._thread.start()
+        self._chunks.put(self.header)
+        return self
+
+    def feed(self, lines: list[str]) -> None:
+        """Append entry lines (as stored, without newlines)."""
+        if lines:
+            self.count += len(lines)
+            self._chunks.put(("\n".join(lines) + "\n").encode("ascii"))
+
+    def _drain(self) -> None:
+        digest = hashlib.sha256()
+        packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # 31: a gzip stream
+        ended = False
+        try:
+            while True:
+                chunk = self._chunks.get()
+                if chunk is None:
+                    ended = True
+                    break
+                digest.update(chunk)
+                self._handle.write(packer.compress(chunk))
+            self._handle.write(packer.compress(_trailer(self.count, digest)))
+            self._handle.write(packer.flush())
+        except BaseException as exc:  # raised by __exit__, in the caller's thread
+            self._failed = exc
+            while not ended and self._chunks.get() is not None:
+                pass
+
+    def __exit__(self, kind, _value, _traceback) -> None:
+        self._chunks.put(None)
+        self._thread.join()
+        try:
+            if kind is None and self._failed is None:
+                self._handle.flush()
+                os.fsync(self._handle.fileno())
+        finally:
+            self._handle.close()
+        if kind is not None or self._failed is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp)
+            if self._failed is not None and kind is None:
+                raise self._failed
+            return
+        os.replace(self.tmp, self.final)
+        dir_fd = open_dir_at(self.directory)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def _ensure_root_dir(path: str) -> None:
@@ -380,27 +457,10 @@ def write(root: str, client: str, snapshot: str, entries: list[Entry]) -> str:
 
 
 def write_manifest(root: str, manifest: Manifest) -> str:
-    """Write the manifest atomically (temporary file, fsync, rename); returns its path."""
-    directory = manifest_dir(root, manifest.client)
-    _ensure_root_dir(directory)
-    final = os.path.join(directory, manifest.snapshot)
-    tmp = os.path.join(directory, ".tmp-%s" % uuid.uuid4().hex)
-    data = serialize(manifest)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb", closefd=False) as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, final)
-    dir_fd = open_dir_at(directory)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return final
+    """Write a manifest built beforehand; returns its path."""
+    with ManifestWriter(root, manifest.client, manifest.snapshot) as out:
+        out.feed(manifest.lines)
+    return out.final
 
 
 def _check_trusted(path: str, st: os.stat_result, trusted_uid: int) -> None:
@@ -470,8 +530,9 @@ def load(root: str, client: str, snapshot: str, trusted_uid: int = 0) -> Manifes
 
 def text_of(manifest: Manifest) -> str:
     """The manifest's lines as stored (header, entries, end line), decompressed."""
-    body = _body(manifest)
-    return (body + _trailer(manifest, body)).decode("ascii")
+    body = "%s %s %s\n" % (MAGIC, manifest.client, manifest.snapshot)
+    body += "".join(line + "\n" for line in manifest.lines)
+    return body + _trailer(len(manifest.lines), hashlib.sha256(body.encode("ascii"))).decode()
 
 
 REPAIRED_STAMP = ".repaired"

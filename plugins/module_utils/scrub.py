@@ -404,10 +404,10 @@ def make_manifest(root: str, client: str, name: str) -> mf.BuildStats | None:
         previous_dir = os.path.join(area, candidate)
         trust_inodes = not mf.repaired_since(root, client, candidate)
         break
-    manifest, stats = mf.build_manifest(
-        os.path.join(area, name), client, name, previous, previous_dir, trust_inodes
-    )
-    mf.write_manifest(root, manifest)
+    with mf.ManifestWriter(root, client, name) as out:
+        _manifest, stats = mf.build_manifest(
+            os.path.join(area, name), client, name, previous, previous_dir, trust_inodes, out
+        )
     return stats
 
 

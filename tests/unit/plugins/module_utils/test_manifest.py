@@ -74,6 +74,30 @@ def test_manifest_is_root_only_and_atomic(tmp_path):
     assert os.listdir(os.path.dirname(path)) == [snapshot.name]  # no temporary left
 
 
+def test_a_build_that_fails_leaves_no_manifest_and_no_temporary(tmp_path):
+    snapshot = tmp_path / CLIENT / "back-2026-11-01T10_00_00"
+    make_tree(snapshot)
+    lines = mf.build_manifest(str(snapshot), CLIENT, snapshot.name)[0].lines
+    writer = mf.ManifestWriter(str(tmp_path), CLIENT, snapshot.name)
+    with pytest.raises(RuntimeError, match="walk failed"), writer as out:  # noqa: PT012
+        out.feed(lines)
+        raise RuntimeError("walk failed")
+    assert os.listdir(tmp_path / mf.MANIFEST_DIR / CLIENT) == []
+    assert not mf.has_manifest(str(tmp_path), CLIENT, snapshot.name)
+
+
+def test_lines_fed_in_chunks_make_the_same_manifest_as_at_once(tmp_path):
+    snapshot = tmp_path / CLIENT / "back-2026-11-01T10_00_00"
+    make_tree(snapshot)
+    manifest, _stats = mf.build_manifest(str(snapshot), CLIENT, snapshot.name)
+    with mf.ManifestWriter(str(tmp_path), CLIENT, snapshot.name) as out:
+        for line in manifest.lines:
+            out.feed([line])
+    loaded = mf.load(str(tmp_path), CLIENT, snapshot.name)
+    assert loaded.lines == manifest.lines
+    assert mf.text_of(loaded).splitlines()[-1].startswith("end %d " % len(manifest.lines))
+
+
 def snapshot_with_link_dest(area: Path, laptop: Path, name: str, base: str | None) -> Path:
     argv = [RSYNC, "-a", "--fake-super"]
     if base:

@@ -135,6 +135,18 @@ def test_a_second_run_while_one_is_running_says_already_running(laptop_a, server
         time.sleep(0.1)
     else:
         raise AssertionError("the first run never took the lock")
+    # The ssh master that outlives rsync must not hold the run's lock: a run
+    # killed outright would leave it locked for as long as the master lives.
+    for _attempt in range(50):
+        if laptop_a.run("pgrep -u alice -x ssh").rc == 0:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the first run never started ssh")
+    holders = laptop_a.run(
+        "for p in $(pgrep -u alice -x ssh); do ls -l /proc/$p/fd; done | grep -c %s" % lock
+    )
+    assert holders.stdout.strip() == "0", holders.stdout
     second = lib.backup(laptop_a, retry_busy=False)
     assert second.rc == 75
     assert "already running" in second.stderr
@@ -150,6 +162,22 @@ def test_a_second_run_while_one_is_running_says_already_running(laptop_a, server
     assert server.file("%s/laptop-a/%s/big.bin" % (lib.ROOT, status["last_snapshot"])).size == size
     assert snap["big.bin"]["type"] == "file"
     assert lib.as_user(laptop_a, "rm %s/big.bin" % lib.SOURCE).rc == 0
+
+
+def test_a_backup_logs_in_once_and_leaves_no_connection_behind(laptop_a, server):
+    lib.write_file(laptop_a, "notes/once.txt", "one connection\n")
+    cursor = lib.journal_cursor(server)
+    name = lib.backup_ok(laptop_a)
+    logins = [
+        line
+        for line in lib.journal_since(server, cursor).splitlines()
+        if "Accepted publickey for bk-laptop-a " in line
+    ]
+    # rsync and finalize went over one connection (an ssh master).
+    assert len(logins) == 1, logins
+    assert name in lib.snapshot_names(server, "laptop-a")
+    assert laptop_a.run("pgrep -u alice -x ssh").rc == 1  # the master is closed
+    assert laptop_a.run("ls -d /tmp/linkdest-ssh.*").rc != 0
 
 
 def test_cron_runs_backups_every_30_minutes(laptop_a):

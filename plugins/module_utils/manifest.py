@@ -24,12 +24,13 @@ costs one listing of its tree, no stat, and its lines are the previous ones.
 
 The format is gzip-compressed text, one file per line::
 
-    linkdest-manifest 1 CLIENT SNAPSHOT
+    linkdest-manifest 1 CLIENT SNAPSHOT FSID
     SHA256HEX SIZE MTIME_NS CTIME_NS INODE "PATH"
     ...
     end COUNT SHA256HEX-OF-THE-LINES-ABOVE
 
-PATH is a JSON string (names may hold any byte but NUL and "/"; undecodable
+FSID is the id of the file system the snapshot was on (older manifests lack
+it). PATH is a JSON string (names may hold any byte but NUL and "/"; undecodable
 bytes travel as surrogate escapes). CTIME_NS is the ctime when the content was
 read; with hard links each later link changes the inode's ctime, not the line.
 
@@ -50,6 +51,7 @@ import queue
 import re
 import stat
 import threading
+import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
@@ -57,6 +59,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 MANIFEST_DIR = ".linkdest-manifests"
+TMP_PREFIX = ".tmp-"
 # Lines handed to the writer's thread at a time (about 0.7 MB).
 _CHUNK_LINES = 4096
 MAGIC = "linkdest-manifest 1"
@@ -91,6 +94,9 @@ class Manifest:
     client: str
     snapshot: str
     lines: list[str]
+    # The file system the snapshot was on when its manifest was made
+    # (filesystem_id): inode numbers mean something only there.
+    fsid: str = ""
 
     @functools.cached_property
     def entries(self) -> list[Entry]:
@@ -235,6 +241,12 @@ def _listing(dir_fd: int) -> list[os.DirEntry]:
         return sorted(listing, key=operator.attrgetter("name"))
 
 
+def filesystem_id(path: str) -> str:
+    """The file system's id (statvfs f_fsid, derived from its UUID on ext4,
+    xfs and btrfs): the same after a remount, another on a replaced drive."""
+    return "%x" % os.statvfs(path).f_fsid
+
+
 def reuse_key(path: str, st: os.stat_result, same_device: bool) -> tuple:
     """What must match for a file to take the previous manifest's digest.
 
@@ -270,7 +282,9 @@ def build_manifest(
     are never written in place. Its line is taken as it is, without a stat
     (its ctime stays the one recorded when the content was read). A repair
     (scrub.heal) frees inodes a manifest names: after one, ``trust_inodes``
-    is off and every file is matched by lstat as well.
+    is off and every file is matched by lstat as well, and so it is when the
+    previous manifest was made on another file system (a drive replaced by a
+    copy of the mirror: the numbers there were the old drive's).
 
     With ``out`` the lines go to the writer as they are made, in chunks.
     """
@@ -283,6 +297,9 @@ def build_manifest(
             same_device = os.lstat(previous_dir).st_dev == os.lstat(snapshot_dir).st_dev
         except OSError:
             previous = None
+    fsid = filesystem_id(snapshot_dir)
+    if previous is not None and previous.fsid != fsid:
+        trust_inodes = False
     if previous is not None and same_device and trust_inodes:
         for line in previous.lines:
             _digest, _size, _mtime, _ctime, ino, quoted = line.split(" ", 5)
@@ -333,7 +350,7 @@ def build_manifest(
         )
     if out is not None:
         out.feed(lines[fed:])
-    return Manifest(client, snapshot, lines), stats
+    return Manifest(client, snapshot, lines, fsid), stats
 
 
 def build(
@@ -359,6 +376,10 @@ def _trailer(count: int, digest) -> bytes:
     return b"end %d %s\n" % (count, digest.hexdigest().encode())
 
 
+def _header(client: str, snapshot: str, fsid: str) -> str:
+    return "%s %s %s%s\n" % (MAGIC, client, snapshot, " " + fsid if fsid else "")
+
+
 class ManifestWriter:
     """Writes one manifest atomically (temporary file, fsync, rename) while it
     is being built: a second thread hashes and compresses each chunk of lines
@@ -370,10 +391,10 @@ class ManifestWriter:
     percent less.
     """
 
-    def __init__(self, root: str, client: str, snapshot: str):
+    def __init__(self, root: str, client: str, snapshot: str, fsid: str = ""):
         self.directory = manifest_dir(root, client)
         self.final = os.path.join(self.directory, snapshot)
-        self.header = ("%s %s %s\n" % (MAGIC, client, snapshot)).encode("ascii")
+        self.header = _header(client, snapshot, fsid).encode("ascii")
         self.count = 0
         self.tmp = ""
         self._chunks: queue.SimpleQueue = queue.SimpleQueue()
@@ -382,10 +403,14 @@ class ManifestWriter:
 
     def __enter__(self) -> ManifestWriter:
         _ensure_root_dir(self.directory)
-        self.tmp = os.path.join(self.directory, ".tmp-%s" % uuid.uuid4().hex)
-        self._handle = open(  # noqa: SIM115 (closed by __exit__)
-            os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb"
-        )
+        self.tmp = os.path.join(self.directory, "%s%s" % (TMP_PREFIX, uuid.uuid4().hex))
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            self._handle = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            os.unlink(self.tmp)
+            raise
         self._thread = threading.Thread(target=self._drain, name="manifest-writer", daemon=True)
         self._thread.start()
         self._chunks.put(self.header)
@@ -419,19 +444,24 @@ class ManifestWriter:
     def __exit__(self, kind, _value, _traceback) -> None:
         self._chunks.put(None)
         self._thread.join()
+        renamed = False
         try:
-            if kind is None and self._failed is None:
-                self._handle.flush()
-                os.fsync(self._handle.fileno())
-        finally:
-            self._handle.close()
-        if kind is not None or self._failed is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.tmp)
-            if self._failed is not None and kind is None:
+            try:
+                if kind is None and self._failed is None:
+                    self._handle.flush()
+                    os.fsync(self._handle.fileno())
+            finally:
+                self._handle.close()
+            if kind is not None:
+                return
+            if self._failed is not None:
                 raise self._failed
-            return
-        os.replace(self.tmp, self.final)
+            os.replace(self.tmp, self.final)
+            renamed = True
+        finally:
+            if not renamed:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.tmp)
         dir_fd = open_dir_at(self.directory)
         try:
             os.fsync(dir_fd)
@@ -458,7 +488,7 @@ def write(root: str, client: str, snapshot: str, entries: list[Entry]) -> str:
 
 def write_manifest(root: str, manifest: Manifest) -> str:
     """Write a manifest built beforehand; returns its path."""
-    with ManifestWriter(root, manifest.client, manifest.snapshot) as out:
+    with ManifestWriter(root, manifest.client, manifest.snapshot, manifest.fsid) as out:
         out.feed(manifest.lines)
     return out.final
 
@@ -486,7 +516,8 @@ def parse(data: bytes, where: str) -> Manifest:
     if trailer[2] != hashlib.sha256(body).hexdigest() or trailer[1] != str(len(lines) - 1):
         raise ManifestError("%s does not match its own digest: edited or damaged" % where)
     header = lines[0][len(MAGIC) + 1 :].split(" ")
-    return Manifest(header[0], header[1] if len(header) > 1 else "", lines[1:])
+    header += [""] * (3 - len(header))
+    return Manifest(header[0], header[1], lines[1:], header[2])
 
 
 def load(root: str, client: str, snapshot: str, trusted_uid: int = 0) -> Manifest:
@@ -530,7 +561,7 @@ def load(root: str, client: str, snapshot: str, trusted_uid: int = 0) -> Manifes
 
 def text_of(manifest: Manifest) -> str:
     """The manifest's lines as stored (header, entries, end line), decompressed."""
-    body = "%s %s %s\n" % (MAGIC, manifest.client, manifest.snapshot)
+    body = _header(manifest.client, manifest.snapshot, manifest.fsid)
     body += "".join(line + "\n" for line in manifest.lines)
     return body + _trailer(len(manifest.lines), hashlib.sha256(body.encode("ascii"))).decode()
 
@@ -574,8 +605,23 @@ def listed(root: str, client: str) -> list[str]:
         return []
 
 
+STALE_TMP_SECONDS = 24 * 3600
+
+
 def remove_orphans(root: str, client: str, snapshots: set[str]) -> list[str]:
-    """Remove the manifests of snapshots that are gone (pruned); returns their names."""
+    """Remove the manifests of snapshots that are gone (pruned); returns their names.
+
+    Temporaries a crashed writer left are removed too, once a day old (a
+    younger one may be a writer's at work).
+    """
+    with contextlib.suppress(FileNotFoundError):
+        directory = manifest_dir(root, client)
+        for name in os.listdir(directory):
+            path = os.path.join(directory, name)
+            if name.startswith(TMP_PREFIX) and time.time() - os.lstat(path).st_mtime > (
+                STALE_TMP_SECONDS
+            ):
+                os.unlink(path)
     gone = []
     for name in listed(root, client):
         if name not in snapshots:

@@ -1151,10 +1151,12 @@ def mirror_area(
             return contextlib.nullcontext()
         return source_area_lock(source_area, config.lock_timeout, dry_run)
 
-    if not dry_run and _is_real_dir(dest_area):
-        for name in discard_partial_receives(dest_area):
-            log("removed %s/%s (an interrupted btrfs receive)" % (area, name))
     with locked():
+        # Under the lock: verify's repair of a snapshot on the mirror drive
+        # (which holds it too) unseals a subvolume for a moment.
+        if not dry_run and _is_real_dir(dest_area):
+            for name in discard_partial_receives(dest_area):
+                log("removed %s/%s (an interrupted btrfs receive)" % (area, name))
         plan = plan_area(source_area, dest_area, config.max_removed_percent, allow_removals)
     if dry_run:
         result.copied += len(plan.to_copy)

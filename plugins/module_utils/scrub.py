@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import json
 import os
 import stat
@@ -404,9 +405,10 @@ def make_manifest(root: str, client: str, name: str) -> mf.BuildStats | None:
         previous_dir = os.path.join(area, candidate)
         trust_inodes = not mf.repaired_since(root, client, candidate)
         break
-    with mf.ManifestWriter(root, client, name) as out:
+    snapshot_dir = os.path.join(area, name)
+    with mf.ManifestWriter(root, client, name, mf.filesystem_id(snapshot_dir)) as out:
         _manifest, stats = mf.build_manifest(
-            os.path.join(area, name), client, name, previous, previous_dir, trust_inodes, out
+            snapshot_dir, client, name, previous, previous_dir, trust_inodes, out
         )
     return stats
 
@@ -539,8 +541,12 @@ def _copy_metadata(template_fd: int, new_fd: int, st: os.stat_result) -> None:
     os.utime(new_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+UNSEALED_PREFIX = "unsealed-"
+
+
 def _scratch(root: str) -> int:
-    """Root's scratch directory on the drive, emptied of what a crash left."""
+    """Root's scratch directory on the drive, emptied of what a crash left
+    (after sealing again any snapshot a crashed repair left unsealed)."""
     path = os.path.join(root, HEAL_DIR)
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, 0o700)
@@ -549,9 +555,47 @@ def _scratch(root: str) -> int:
     if st.st_uid != 0 or st.st_mode & 0o077:
         os.close(fd)
         raise OSError("%s is not root's alone: not used" % path)
-    for name in os.listdir(fd):
-        os.unlink(name, dir_fd=fd)
+    try:
+        for name in os.listdir(fd):
+            if name.startswith(UNSEALED_PREFIX):
+                with open(
+                    name, encoding="utf-8", opener=functools.partial(os.open, dir_fd=fd)
+                ) as f:
+                    _seal_after_crash(root, f.read().strip())
+            os.unlink(name, dir_fd=fd)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
+
+
+def recover_interrupted_repairs(root: str) -> None:
+    """Seal again what a repair that crashed left unsealed, and clear its scratch."""
+    os.close(_scratch(root))
+
+
+def _seal_after_crash(root: str, record: str) -> None:
+    """Remove the repair's temporary names from a snapshot's top directory and
+    seal it again. The names are the only thing a crash can leave there: every
+    other name is either still the damaged file or already the repaired one."""
+    client, _sep, snapshot = record.partition("/")
+    if not client or "/" in snapshot or snap.parse_snapshot_name(snapshot) is None:
+        return
+    try:
+        top_fd = mf.open_dir_at(os.path.join(root, client, snapshot))
+    except OSError:
+        return  # pruned meanwhile
+    try:
+        if not subvolumes.is_subvolume(os.path.join(root, client, snapshot), os.fstat(top_fd)):
+            return
+        if subvolumes.is_readonly_fd(top_fd):
+            return
+        for name in os.listdir(top_fd):
+            if name.startswith(HEAL_PREFIX):
+                os.unlink(name, dir_fd=top_fd)
+        subvolumes.set_readonly_fd(top_fd, True)
+    finally:
+        os.close(top_fd)
 
 
 def _write_good(
@@ -570,7 +614,11 @@ def _write_good(
         tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=scratch_fd
     )
     try:
-        if repaired_fd is None or not subvolumes.clone_file(repaired_fd, new_fd):
+        cloned = repaired_fd is not None and subvolumes.clone_file(repaired_fd, new_fd)
+        if cloned and _digest_from_start(new_fd) != expected:
+            os.ftruncate(new_fd, 0)
+            cloned = False
+        if not cloned:
             _copy_checked(source_fd, new_fd, expected)
         _copy_metadata(template_fd, new_fd, os.fstat(template_fd))
         os.fsync(new_fd)
@@ -580,6 +628,13 @@ def _write_good(
         raise
     os.close(new_fd)
     return tmp
+
+
+def _digest_from_start(fd: int) -> str:
+    os.lseek(fd, 0, os.SEEK_SET)
+    digest = mf.digest_fd(fd)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return digest
 
 
 def _copy_checked(source_fd: int, new_fd: int, expected: str) -> None:
@@ -675,9 +730,10 @@ def heal(report: DriveReport, other_root: str | None) -> None:
     repaired: dict[tuple[str, str], tuple[str, str]] = {}
     try:
         for (client, kind, *_rest), group in groups.items():
-            area = os.path.join(report.drive, client)
             try:
-                with snap.area_lock(area, wait=300):
+                # Both drives' areas: the mirror never runs meanwhile (it would
+                # take an unsealed btrfs snapshot for an interrupted receive).
+                with _both_areas_locked(report.drive, other_root, client):
                     reason = _heal_group(
                         report.drive,
                         other_root,
@@ -687,7 +743,12 @@ def heal(report: DriveReport, other_root: str | None) -> None:
                         kind == "missing",
                         repaired,
                     )
-            except (OSError, snap.SnapshotError, subvolumes.SubvolumeError) as exc:
+            except (
+                OSError,
+                snap.SnapshotError,
+                subvolumes.SubvolumeError,
+                mf.ManifestError,
+            ) as exc:
                 reason = "repair failed: %s" % exc
             for finding in group:
                 if reason:
@@ -696,6 +757,15 @@ def heal(report: DriveReport, other_root: str | None) -> None:
                     finding.repaired_from = other_root
     finally:
         os.close(scratch_fd)
+
+
+@contextlib.contextmanager
+def _both_areas_locked(root: str, other_root: str, client: str):
+    with contextlib.ExitStack() as stack:
+        for area in sorted({os.path.join(root, client), os.path.join(other_root, client)}):
+            if os.path.isdir(area):
+                stack.enter_context(snap.area_lock(area, wait=300))
+        yield
 
 
 def _heal_group(root, other_root, client, group, scratch_fd, missing, repaired) -> str:
@@ -708,10 +778,10 @@ def _heal_group(root, other_root, client, group, scratch_fd, missing, repaired) 
             break
     if source_fd is None:
         return why
-    if not missing:
-        # Before an inode a manifest names is freed (and its number reused).
-        mf.mark_repaired(root, client)
     try:
+        if not missing:
+            # Before an inode a manifest names is freed (and its number reused).
+            mf.mark_repaired(root, client)
         if missing:
             names = [(f.snapshot, f.path) for f in group]
         else:
@@ -724,7 +794,13 @@ def _heal_group(root, other_root, client, group, scratch_fd, missing, repaired) 
         try:
             if on_btrfs:
                 placed = _heal_in_subvolumes(
-                    root, client, names, source_fd, template_fd, group[0], missing, repaired
+                    root,
+                    client,
+                    names,
+                    (scratch_fd, source_fd, template_fd),
+                    group[0],
+                    missing,
+                    repaired,
                 )
             else:
                 placed = _heal_names(
@@ -773,9 +849,7 @@ def _heal_names(
         os.unlink(tmp, dir_fd=scratch_fd)
 
 
-def _heal_in_subvolumes(
-    root, client, names, source_fd, template_fd, first, missing, repaired
-) -> int:
+def _heal_in_subvolumes(root, client, names, fds, first, missing, repaired) -> int:
     """The btrfs repair: each snapshot is a read-only subvolume, and a file
     cannot be linked from one subvolume into another. So each snapshot in
     turn is unsealed, gets the good file written into its own top directory
@@ -783,36 +857,69 @@ def _heal_in_subvolumes(
     shares its blocks (a reflink), found in ``repaired`` by digest. The
     laptop's account never writes to a finished snapshot meanwhile: heal()
     holds the area's lock, and the gate lets it write only into the run it
-    started."""
+    started. A record in the scratch directory names the unsealed snapshot
+    until it is sealed again: after a crash, the next repair seals it.
+    """
+    scratch_fd, source_fd, template_fd = fds
     by_snapshot: dict[str, list[tuple[str, str]]] = {}
     for snapshot, path in names:
         by_snapshot.setdefault(snapshot, []).append((snapshot, path))
     placed = 0
     for snapshot, batch in by_snapshot.items():
         earlier = repaired.get((client, first.expected))
-        repaired_fd = _open_regular(root, client, earlier) if earlier else None
         top_fd = mf.open_dir_at(os.path.join(root, client, snapshot))
+        repaired_fd = None
+        record = ""
         try:
+            repaired_fd = _open_regular(root, client, earlier) if earlier else None
             times = os.fstat(top_fd)
+            record = _write_record(scratch_fd, "%s/%s" % (client, snapshot))
             with subvolumes.unsealed(top_fd):
-                placed += _heal_names(
-                    root,
-                    client,
-                    batch,
-                    top_fd,
-                    source_fd,
-                    template_fd,
-                    first,
-                    missing,
-                    repaired_fd,
-                )
-                _keep_times(top_fd, times)
+                try:
+                    done = _heal_names(
+                        root,
+                        client,
+                        batch,
+                        top_fd,
+                        source_fd,
+                        template_fd,
+                        first,
+                        missing,
+                        repaired_fd,
+                    )
+                finally:
+                    _keep_times(top_fd, times)
         finally:
+            if record and _is_sealed(top_fd):
+                os.unlink(record, dir_fd=scratch_fd)
             os.close(top_fd)
             if repaired_fd is not None:
                 os.close(repaired_fd)
-        repaired.setdefault((client, first.expected), batch[0])
+        placed += done
+        if done == len(batch):
+            # Every name holds the checked bytes now: a safe source to clone.
+            repaired.setdefault((client, first.expected), batch[0])
     return placed
+
+
+def _write_record(dir_fd: int, text: str) -> str:
+    """A durable note in the scratch directory; returns its name."""
+    name = UNSEALED_PREFIX + uuid.uuid4().hex
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
+    try:
+        os.write(fd, text.encode("utf-8", "surrogateescape") + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.fsync(dir_fd)
+    return name
+
+
+def _is_sealed(fd: int) -> bool:
+    try:
+        return subvolumes.is_readonly_fd(fd)
+    except (OSError, subvolumes.SubvolumeError):
+        return False
 
 
 # --- a run over both drives ------------------------------------------------------
@@ -865,6 +972,11 @@ def run_verify(
     now = datetime.now(timezone.utc)
     reports = []
     for index, (drive, other) in enumerate(drives):
+        if save and repair:
+            try:
+                recover_interrupted_repairs(drive)
+            except (OSError, subvolumes.SubvolumeError) as exc:
+                log("%s: cannot clear what an interrupted repair left: %s" % (drive, exc))
         saved = state.get("drives", {}).get(drive, {})
         deadline = None
         if max_time is not None:

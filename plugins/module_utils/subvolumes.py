@@ -25,6 +25,7 @@ import shutil
 import stat
 import struct
 import subprocess
+import time
 from collections.abc import Iterable
 
 BACKENDS = ("hardlink", "btrfs")
@@ -190,7 +191,21 @@ def unsealed(fd: int):
     try:
         yield fd
     finally:
-        set_readonly_fd(fd, True)
+        _seal_again(fd)
+
+
+def _seal_again(fd: int, attempts: int = 3) -> None:
+    """Set read-only, retrying a failure (a full drive's transaction, say)."""
+    for attempt in range(attempts):
+        try:
+            set_readonly_fd(fd, True)
+            return
+        except OSError as exc:
+            if attempt == attempts - 1:
+                raise SubvolumeError(
+                    "could not make the snapshot read-only again: %s" % exc.strerror
+                ) from exc
+            time.sleep(1)
 
 
 # _IOW(0x94, 9, int): share the source file's extents with the destination file.

@@ -587,3 +587,43 @@ def test_bit_rot_under_btrfs_checksums_is_read_as_unreadable_and_repaired(
         assert (area / name / "rot.txt").read_text() == body
         assert subvolumes.is_readonly(str(area / name))
     assert scrub.verify_drive(str(drive), ["laptop"]).findings == []
+
+
+def test_a_repair_that_crashed_is_sealed_again_and_the_mirror_waits_for_one(
+    area, drive, mirror_drive
+):
+    from ansible_collections.linkdest.backup.plugins.module_utils import scrub
+
+    name = backup(area, {"a.txt": "one"}, NOW)
+    config = mirror.Config(source=str(drive), destination=str(mirror_drive), lock_timeout=1)
+    mirror.mirror_area(config, "laptop", mirror.RunResult())
+    dest = mirror_drive / "laptop" / name
+
+    # A repair on the mirror drive is under way: the snapshot is unsealed and
+    # the repair holds both drives' areas. The mirror must not take it for an
+    # interrupted receive and delete it.
+    fd = subvolumes.open_dir(str(dest))
+    try:
+        with scrub._both_areas_locked(str(mirror_drive), str(drive), "laptop"):
+            subvolumes.set_readonly_fd(fd, False)
+            with pytest.raises(mirror.BusyError):
+                mirror.mirror_area(config, "laptop", mirror.RunResult())
+            assert dest.is_dir()
+
+        # Then it crashed there: unsealed, a temporary name left, its record kept.
+        (dest / (scrub.HEAL_PREFIX + "0123")).write_text("half written")
+        scratch = mirror_drive / scrub.HEAL_DIR
+        scratch.mkdir(mode=0o700)
+        (scratch / (scrub.UNSEALED_PREFIX + "0123")).write_text("laptop/%s\n" % name)
+
+        scrub.recover_interrupted_repairs(str(mirror_drive))
+
+        assert subvolumes.is_readonly_fd(fd)
+    finally:
+        os.close(fd)
+    assert sorted(os.listdir(dest)) == ["a.txt"]
+    assert os.listdir(scratch) == []
+    result = mirror.RunResult()
+    mirror.mirror_area(config, "laptop", result)
+    assert result.problems == []
+    assert (dest / "a.txt").read_text() == "one"

@@ -203,7 +203,7 @@ def test_after_a_repair_inode_numbers_are_not_trusted(tmp_path):
         for line in mf.load(str(root), CLIENT, first.name).lines
     ]
     os.unlink(mf.manifest_path(str(root), CLIENT, first.name))
-    mf.write_manifest(str(root), mf.Manifest(CLIENT, first.name, forged))
+    mf.write_manifest(str(root), mf.Manifest(CLIENT, first.name, forged, mf.filesystem_id(first)))
     previous = mf.load(str(root), CLIENT, first.name)
     trusted, _stats = mf.build_manifest(str(second), CLIENT, second.name, previous, str(first))
     assert trusted.by_path()["d/f2"].sha256 == "0" * 64  # what trusting the number gives
@@ -217,6 +217,20 @@ def test_after_a_repair_inode_numbers_are_not_trusted(tmp_path):
 
     assert manifest.by_path()["d/f2"].sha256 == sha(second / "d" / "f2")
     assert (stats.read_files, stats.reused_files) == (1, 4)
+
+
+def test_inode_numbers_from_another_file_system_are_not_trusted(tmp_path):
+    # A drive replaced by a copy of the mirror keeps the manifests the mirror
+    # was given, which name the old drive's inode numbers.
+    root, first, second = two_linked_snapshots(tmp_path)
+    previous = mf.load(str(root), CLIENT, first.name)
+    assert previous.fsid == mf.filesystem_id(first)
+    previous.fsid = "0123abcd"
+
+    manifest, stats = mf.build_manifest(str(second), CLIENT, second.name, previous, str(first))
+
+    assert (stats.files, stats.reused_files, stats.by_listing) == (5, 5, 0)
+    assert manifest.fsid == mf.filesystem_id(second)
 
 
 def write_one(tmp_path: Path) -> tuple[Path, str]:

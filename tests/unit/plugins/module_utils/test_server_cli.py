@@ -897,7 +897,13 @@ def test_the_gate_hands_a_laptop_its_own_manifest_and_no_other(server, monkeypat
     assert server.gate(monkeypatch, "manifest") == 0
     lines = capsys.readouterr().out.splitlines()
     assert json.loads(lines[0]) == {"snapshot": name, "verified": None, "damaged": []}
-    assert lines[1] == "linkdest-manifest 1 laptop %s" % name
+    assert lines[1].split() == [
+        "linkdest-manifest",
+        "1",
+        "laptop",
+        name,
+        mf.filesystem_id(str(server.root)),
+    ]
     assert lines[2].endswith(' "a.txt"')
     assert lines[3].startswith("end 1 ")
     elsewhere = "back-2000-01-01T00_00_00"

@@ -397,7 +397,7 @@ report() {
   printf '  linkdest   %8.1f KiB apparent (du --bytes), %8.1f KiB allocated (du --block-size=1)\n' \
     "$(awk -v b="${ld_disk%/*}" 'BEGIN { print b / 1024 }')" "$(awk -v b="${ld_disk#*/}" 'BEGIN { print b / 1024 }')"
   printf '  (every repeat: bare %s; linkdest %s, as apparent/allocated bytes)\n' "${samples[disk/bare]% }" "${samples[disk/linkdest]% }"
-  printf 'one ssh connection (ssh %s true), median of 5: %s s; linkdest opens two per snapshot (transfer, finalize), bare rsync one\n' \
+  printf 'one ssh connection (ssh %s true), median of 5: %s s; what a second connection per snapshot would cost (linkdest opens one since issue 11, as bare rsync does)\n' \
     "$BENCH_HOST" "$ssh_median"
   printf 'samples (s), in repeat order:\n'
   for case in first unchanged changed; do

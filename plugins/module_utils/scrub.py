@@ -161,6 +161,7 @@ def verify_drive(
     cursor: list | None = None,
     snapshots: set[str] | None = None,
     other_root: str | None = None,
+    checkpoint=None,
 ) -> DriveReport:
     """Compare every (or the next slice of) snapshot on ``root`` with its manifest.
 
@@ -169,6 +170,9 @@ def verify_drive(
     snapshot without a trusted manifest of its own is checked against
     ``other_root``'s (the other drive's) manifest of the same snapshot.
     ``budget_bytes`` counts each file the manifests say is one inode once.
+    ``checkpoint(report, cursor)`` is called after a snapshot is checked to
+    its end (every finding of it settled) at most every CHECKPOINT_SECONDS,
+    with the cursor just past it: a run killed later resumes from there.
     """
     report = DriveReport(drive=root)
     planned: set[tuple] = set()
@@ -184,6 +188,7 @@ def verify_drive(
             budget[0] += entry.size
         return False
 
+    last_checkpoint = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(READERS) as pool:
         reading = _Reading(subvolumes.is_btrfs(root), report, pool)
         for client, area in _areas(root, clients):
@@ -216,6 +221,9 @@ def verify_drive(
                 # Checked to its end (by this run alone, or by the slices the
                 # cursor chained before it).
                 report.snapshots.append(key)
+                if checkpoint and time.monotonic() - last_checkpoint >= CHECKPOINT_SECONDS:
+                    checkpoint(report, [client, item.name, len(manifest.entries)])
+                    last_checkpoint = time.monotonic()
     return report
 
 
@@ -238,6 +246,10 @@ def _trusted_manifest(root, other_root, client, name, report) -> mf.Manifest | N
         report.no_manifest.append("%s/%s" % (client, name))
     return None
 
+
+# How often a long run saves where it is (run_verify): a killed run loses at
+# most this much work, and a snapshot's worth.
+CHECKPOINT_SECONDS = 300.0
 
 # How many threads check files (lstat, open, read, hash): the disk always has
 # requests queued while Python walks; how many entries may wait for them.
@@ -993,6 +1005,7 @@ def run_verify(
             deadline=deadline,
             cursor=None if restart else saved.get("cursor"),
             other_root=other,
+            checkpoint=functools.partial(_save_progress, state, now, state_dir) if save else None,
         )
         if repair and save:
             heal(report, other)
@@ -1057,6 +1070,19 @@ def parse_scrub_status(root: str, text: str) -> list[str]:
 
 
 # --- state ----------------------------------------------------------------------
+
+
+def _save_progress(state: dict, now: datetime, state_dir: str, report, cursor: list) -> None:
+    """Record a run so far as a slice that stopped at ``cursor`` (verify_drive's
+    checkpoint). The findings are recorded as open damage: the end of the run
+    records them again, repaired or not, over the same entries."""
+    kept = report.cursor, report.complete
+    report.cursor, report.complete = cursor, False
+    try:
+        record(state, report, now)
+        write_state(state_dir, state)
+    finally:
+        report.cursor, report.complete = kept
 
 
 def read_state(state_dir: str) -> dict:

@@ -221,6 +221,37 @@ def test_slices_resume_from_the_cursor_and_cover_everything(drives):
     assert sorted(seen) == sorted((n, "c.bin") for n in drives.names)
 
 
+def test_a_run_killed_midway_resumes_after_its_last_checkpoint(drives, monkeypatch):
+    # Damage in the first snapshot; the run is killed while it checks the
+    # third. What it saved at its checkpoints holds: the next run starts at
+    # the third snapshot and the damage found before the kill stays open.
+    lib.flip_byte(drives.path(drives.one, drives.names[0], "docs/b.txt"))
+    monkeypatch.setattr(scrub, "CHECKPOINT_SECONDS", 0.0)
+    checked = []
+    real = scrub._verify_snapshot
+
+    def killed_at_the_third(where, manifest, start, reading, over):
+        checked.append(where[3])
+        if len(checked) == 3:
+            raise KeyboardInterrupt  # what SIGINT or a reboot does to the run
+        return real(where, manifest, start, reading, over)
+
+    monkeypatch.setattr(scrub, "_verify_snapshot", killed_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        scrub.run_verify(str(drives.one), [CLIENT], None, str(drives.state))
+
+    saved = scrub.read_state(str(drives.state))["drives"][str(drives.one)]
+    assert saved["cursor"] == [CLIENT, drives.names[1], 4]
+    assert [d["snapshot"] for d in saved["damage"]] == drives.names[:2]
+    monkeypatch.setattr(scrub, "_verify_snapshot", real)
+    checked.clear()
+    monkeypatch.setattr(scrub, "_verify_snapshot", lambda *a: checked.append(a[0][3]) or real(*a))
+    run = scrub.run_verify(str(drives.one), [CLIENT], None, str(drives.state), repair=False)
+    assert checked == drives.names[1:]  # the second only to see it is done
+    assert run.reports[0].complete
+    assert {d["snapshot"] for d in run.damaged} == set(drives.names)
+
+
 def test_state_keeps_damage_open_until_a_later_run_finds_it_intact(drives, tmp_path):
     state = {}
     lib.flip_byte(drives.path(drives.one, drives.names[0], "docs/a.txt"))

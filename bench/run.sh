@@ -5,7 +5,7 @@
 set -o errexit -o nounset -o pipefail
 
 cd "$(dirname "$0")/.."
-export LC_ALL=C # printf and awk: a decimal point, not a comma
+export LC_ALL=C.UTF-8 # printf and awk: a decimal point, not a comma; Ansible (scripts/demo) needs UTF-8
 if [[ -d .venv/bin ]]; then
   PATH=$PWD/.venv/bin:$PATH # scripts/demo needs molecule
 fi

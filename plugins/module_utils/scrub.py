@@ -627,6 +627,7 @@ def _write_good(
     )
     try:
         cloned = repaired_fd is not None and subvolumes.clone_file(repaired_fd, new_fd)
+        # A clone is checked like a copy: nothing unchecked goes under a name.
         if cloned and _digest_from_start(new_fd) != expected:
             os.ftruncate(new_fd, 0)
             cloned = False

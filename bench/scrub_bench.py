@@ -119,7 +119,7 @@ def main(argv: list[str]) -> int:
     run(sys.executable, str(HERE / "gendata.py"), "create", str(laptop), str(FILES), str(MIB))
     first, second, third = ("back-2026-01-0%dT00_00_00" % n for n in (1, 2, 3))
     snapshot(area, laptop, first, None)
-    data_bytes = sum(e.size for e in mf.build(str(area / first))[0])
+    data_bytes = sum(e.size for e in mf.build_manifest(str(area / first), CLIENT, first)[0].entries)
     listing = files_of(area / first)
     results: dict[str, list[float]] = {}
 

@@ -113,8 +113,16 @@ def entry_of(line: str) -> Entry:
     return Entry(path, digest, int(size), int(mtime), int(ctime), int(ino))
 
 
-def line_of(e: Entry) -> str:
-    return "%s %d %d %d %d %s" % (e.sha256, e.size, e.mtime_ns, e.ctime_ns, e.ino, _quoted(e.path))
+def _line(digest: str, st, quoted: str) -> str:
+    """An entry line (entry_of() reads it back); ``st`` has the lstat fields."""
+    return "%s %d %d %d %d %s" % (
+        digest,
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+        st.st_ino,
+        quoted,
+    )
 
 
 @dataclass
@@ -344,23 +352,10 @@ def build_manifest(
             stats.read_files += 1
             stats.read_bytes += st.st_size
         seen_here[st.st_ino] = digest
-        lines.append(
-            "%s %d %d %d %d %s"
-            % (digest, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, quoted)
-        )
+        lines.append(_line(digest, st, quoted))
     if out is not None:
         out.feed(lines[fed:])
     return Manifest(client, snapshot, lines, fsid), stats
-
-
-def build(
-    snapshot_dir: str,
-    previous: Manifest | None = None,
-    previous_dir: str | None = None,
-) -> tuple[list[Entry], BuildStats]:
-    """The entries of ``snapshot_dir`` (build_manifest, parsed)."""
-    manifest, stats = build_manifest(snapshot_dir, "", "", previous, previous_dir)
-    return manifest.entries, stats
 
 
 # Printable ASCII but the quote and the backslash: such a name is its own JSON
@@ -479,11 +474,6 @@ def _ensure_root_dir(path: str) -> None:
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
         raise ManifestError("%s is not a directory" % path)
-
-
-def write(root: str, client: str, snapshot: str, entries: list[Entry]) -> str:
-    """Write a manifest of ``entries`` (write_manifest)."""
-    return write_manifest(root, Manifest(client, snapshot, [line_of(e) for e in entries]))
 
 
 def write_manifest(root: str, manifest: Manifest) -> str:

@@ -792,15 +792,14 @@ def _heal_group(root, other_root, client, group, scratch_fd, missing, repaired) 
     if source_fd is None:
         return why
     try:
-        if not missing:
-            # Before an inode a manifest names is freed (and its number reused).
-            mf.mark_repaired(root, client)
         if missing:
             names = [(f.snapshot, f.path) for f in group]
         else:
             names = _names_of_inode(root, client, group, one_snapshot=on_btrfs)
             if not names:
                 return "the damaged file changed meanwhile"
+            # Before an inode a manifest names is freed (and its number reused).
+            mf.mark_repaired(root, client)
         template_fd = source_fd if missing else _open_regular(root, client, names[0])
         if template_fd is None:
             return "the damaged file vanished meanwhile"

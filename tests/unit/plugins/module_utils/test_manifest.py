@@ -45,8 +45,9 @@ def sha(path: Path) -> str:
 def test_round_trip_lists_every_regular_file_with_its_digest(tmp_path):
     snapshot = tmp_path / "drive" / CLIENT / "back-2026-11-01T10_00_00"
     make_tree(snapshot)
-    entries, stats = mf.build(str(snapshot))
-    mf.write(str(tmp_path / "drive"), CLIENT, snapshot.name, entries)
+    manifest, stats = mf.build_manifest(str(snapshot), CLIENT, snapshot.name)
+    mf.write_manifest(str(tmp_path / "drive"), manifest)
+    entries = manifest.entries
     loaded = mf.load(str(tmp_path / "drive"), CLIENT, snapshot.name)
 
     paths = [e.path for e in loaded.entries]
@@ -66,7 +67,9 @@ def test_round_trip_lists_every_regular_file_with_its_digest(tmp_path):
 def test_manifest_is_root_only_and_atomic(tmp_path):
     snapshot = tmp_path / CLIENT / "back-2026-11-01T10_00_00"
     make_tree(snapshot)
-    path = mf.write(str(tmp_path), CLIENT, snapshot.name, mf.build(str(snapshot))[0])
+    path = mf.write_manifest(
+        str(tmp_path), mf.build_manifest(str(snapshot), CLIENT, snapshot.name)[0]
+    )
     st = os.stat(path)
     assert (st.st_uid, st.st_mode & 0o777) == (0, 0o600)
     assert os.stat(tmp_path / mf.MANIFEST_DIR).st_mode & 0o777 == 0o700
@@ -113,9 +116,9 @@ def test_second_snapshot_reads_only_new_inodes(tmp_path):
         (laptop / "d").mkdir(parents=True, exist_ok=True)
         (laptop / "d" / ("f%02d" % index)).write_text("file %d\n" % index * 100)
     first = snapshot_with_link_dest(area, laptop, "back-2026-11-01T10_00_00", None)
-    entries, stats = mf.build(str(first))
+    manifest, stats = mf.build_manifest(str(first), CLIENT, first.name)
     assert stats.read_files == 20
-    mf.write(str(tmp_path / "drive"), CLIENT, first.name, entries)
+    mf.write_manifest(str(tmp_path / "drive"), manifest)
 
     # One file changed keeping size and mtime: rsync --checksum would see it;
     # -a alone would not, so the laptop's run must send it as a new inode.
@@ -140,7 +143,8 @@ def test_second_snapshot_reads_only_new_inodes(tmp_path):
         check=True,
     )
     previous = mf.load(str(tmp_path / "drive"), CLIENT, first.name)
-    entries, stats = mf.build(str(second), previous, str(first))
+    manifest, stats = mf.build_manifest(str(second), CLIENT, second.name, previous, str(first))
+    entries = manifest.entries
     assert (stats.files, stats.read_files, stats.reused_files) == (21, 2, 19)
     by_path = {e.path: e for e in entries}
     assert by_path["d/f03"].sha256 == sha(second / "d/f03")
@@ -236,9 +240,8 @@ def test_inode_numbers_from_another_file_system_are_not_trusted(tmp_path):
 def write_one(tmp_path: Path) -> tuple[Path, str]:
     snapshot = tmp_path / CLIENT / "back-2026-11-01T10_00_00"
     make_tree(snapshot)
-    return Path(mf.write(str(tmp_path), CLIENT, snapshot.name, mf.build(str(snapshot))[0])), (
-        snapshot.name
-    )
+    manifest = mf.build_manifest(str(snapshot), CLIENT, snapshot.name)[0]
+    return Path(mf.write_manifest(str(tmp_path), manifest)), snapshot.name
 
 
 def test_truncated_manifest_is_not_trusted(tmp_path):

@@ -14,6 +14,8 @@ import re
 import shlex
 from dataclasses import dataclass
 
+from ansible_collections.linkdest.backup.plugins.module_utils import codes
+
 MAX_COMMAND_BYTES = 4096
 MAX_ARGS = 64
 
@@ -35,7 +37,6 @@ _SEND_LONG_OPTIONS = {
     "--bwlimit": re.compile(r"^\d{1,9}[KkMm]?\Z"),
     "--log-format": re.compile(r"^%i\Z"),
 }
-_SNAPSHOT_RE = re.compile(r"^back-\d{4}-\d{2}-\d{2}T\d{2}_\d{2}_\d{2}\Z")
 # Long options a receiver may get: each maps to a regex its value must match
 # (None: takes no value). Everything else is refused, among others --inplace,
 # --append, --link-dest, --partial-dir, --temp-dir, --backup-dir, --log-file.
@@ -178,7 +179,7 @@ def _parse_rsync(words: list[str]):
         if len(paths) != 1:
             raise GateRefused("rsync may read exactly one path")
         snapshot, _sep, relpath = paths[0].partition("/")
-        if not _SNAPSHOT_RE.match(snapshot):
+        if not codes.is_snapshot_name(snapshot):
             raise GateRefused("only finished snapshots (back-...) may be read")
         return SendRequest(
             options=tuple(options), snapshot=snapshot, relpath=_check_relpath(relpath)
@@ -213,20 +214,20 @@ def parse_request(command: str | None):
     verb = words[0]
     if verb == "rsync":
         return _parse_rsync(words)
-    if verb == "finalize":
+    if verb == codes.VERB_FINALIZE:
         if len(words) != 2 or not re.match(r"^\d{1,3}\Z", words[1]):
             raise GateRefused("usage: finalize RSYNC_EXIT_CODE")
         return FinalizeRequest(rsync_exit=int(words[1]))
-    if verb == "list" and len(words) == 1:
+    if verb == codes.VERB_LIST and len(words) == 1:
         return ListRequest()
-    if verb == "locate" and len(words) in (2, 3):
+    if verb == codes.VERB_LOCATE and len(words) in (2, 3):
         return LocateRequest(
             relpath=_check_relpath(words[1]) or ".", when=words[2] if len(words) == 3 else None
         )
-    if verb == "versions" and len(words) == 2 and _check_relpath(words[1]):
+    if verb == codes.VERB_VERSIONS and len(words) == 2 and _check_relpath(words[1]):
         return VersionsRequest(relpath=words[1])
-    if verb == "manifest" and len(words) in (1, 2):
-        if len(words) == 2 and not _SNAPSHOT_RE.match(words[1]):
+    if verb == codes.VERB_MANIFEST and len(words) in (1, 2):
+        if len(words) == 2 and not codes.is_snapshot_name(words[1]):
             raise GateRefused("manifest: name a finished snapshot (back-...)")
         return ManifestRequest(snapshot=words[1] if len(words) == 2 else None)
     raise GateRefused("command %r is not allowed" % verb)

@@ -22,13 +22,14 @@ import sys
 import syslog
 from datetime import datetime, timedelta, timezone
 
-from ansible_collections.linkdest.backup.plugins.module_utils import gate as gate_lib
 from ansible_collections.linkdest.backup.plugins.module_utils import (
+    codes,
     health,
     retention,
     scrub,
     subvolumes,
 )
+from ansible_collections.linkdest.backup.plugins.module_utils import gate as gate_lib
 from ansible_collections.linkdest.backup.plugins.module_utils import manifest as mf
 from ansible_collections.linkdest.backup.plugins.module_utils import snapshots as snap
 
@@ -36,17 +37,16 @@ CONFIG_PATH = "/etc/linkdest/server.json"
 RECEIVED_MARKER = ".linkdest-received"
 JOURNAL = ".linkdest-journal"
 
-EXIT_REFUSED = 77
-EXIT_BUSY = 75
-EXIT_NOT_FINALIZED = 65
-EXIT_NOT_FOUND = 67
-EXIT_NOT_MOUNTED = 72
-# The drive is below the space guard's hard floor (sysexits EX_CANTCREAT).
-EXIT_NO_SPACE = 73
+# Exit codes the laptop must read the same way: one table, in codes.py.
+EXIT_REFUSED = codes.EXIT_REFUSED
+EXIT_BUSY = codes.EXIT_BUSY
+EXIT_NOT_FINALIZED = codes.EXIT_NOT_FINALIZED
+EXIT_NOT_FOUND = codes.EXIT_NOT_FOUND
+EXIT_NOT_MOUNTED = codes.EXIT_NOT_MOUNTED
+EXIT_NO_SPACE = codes.EXIT_NO_SPACE
+EXIT_DAMAGED = codes.EXIT_DAMAGED
 # Between linkdest-server and its root helper only: the name is taken (EEXIST).
-EXIT_EXISTS = 17
-# verify: damage that was not repaired, or a manifest that cannot be trusted.
-EXIT_DAMAGED = 4
+HELPER_EXIT_EXISTS = 17
 
 # How the drive is measured; tests put a fake file system here.
 STATVFS = os.statvfs
@@ -180,7 +180,7 @@ def ask_root(config: Config):
 
     def privileged(operation: str, name: str) -> None:
         result = run_as_root(config, "subvolume", operation, name)
-        if result.returncode == EXIT_EXISTS:
+        if result.returncode == HELPER_EXIT_EXISTS:
             raise FileExistsError(errno.EEXIST, "exists", name)
         if result.returncode != 0:
             raise snap.SnapshotError(
@@ -849,7 +849,7 @@ def cmd_subvolume(config: Config, operation: str, name: str) -> int:
             snap.discard_subvolume(area, name)
             runs.remove(name)
     except (FileExistsError, snap.NameCollisionError):
-        return EXIT_EXISTS
+        return HELPER_EXIT_EXISTS
     return 0
 
 

@@ -265,7 +265,7 @@ def test_forbidden_rsync_options_are_refused_and_change_nothing(laptop, server, 
 def test_a_file_excluded_later_leaves_the_next_snapshot(laptop, server, made):
     # A run starts as a copy of current: the receiver deletes what the laptop
     # now excludes only because linkdest sends --delete-excluded.
-    assert "--delete-excluded" in laptop.file("/usr/local/bin/linkdest").content_string
+    assert "--delete-excluded" in laptop.file(lib.CLIENT_PROGRAM).content_string
     lib.write_file(laptop, "notes/draft.skip", "scratch\n")
     name = lib.backup_ok(laptop)
     made.append(name)

@@ -176,7 +176,7 @@ def test_a_laptop_outside_the_allowed_networks_is_skipped(laptop_a):
     variant = _variant(
         laptop_a,
         "linkdest-away",
-        "s|^readonly ALLOWED_NETWORKS=.*|readonly ALLOWED_NETWORKS=('203.0.113.0/24')|",
+        's|^    "allowed_networks": .*|    "allowed_networks": ["203.0.113.0/24"],|',
     )
     result = laptop_a.run("runuser -u alice -- %s backup" % variant)
     assert result.rc == 69, result.stderr
@@ -189,7 +189,7 @@ def test_a_laptop_outside_the_allowed_networks_is_skipped(laptop_a):
     home = _variant(
         laptop_a,
         "linkdest-home",
-        "s|^readonly ALLOWED_NETWORKS=.*|readonly ALLOWED_NETWORKS=('%s')|" % ours,
+        's|^    "allowed_networks": .*|    "allowed_networks": ["%s"],|' % ours,
     )
     assert laptop_a.run("runuser -u alice -- %s backup" % home).rc == 0
 
@@ -203,8 +203,8 @@ def test_a_laptop_on_battery_is_skipped(laptop_a):
     variant = _variant(
         laptop_a,
         "linkdest-battery",
-        "s|^readonly REQUIRE_AC_POWER=.*|readonly REQUIRE_AC_POWER=1|",
-        "s|^readonly POWER_SUPPLIES=.*|readonly POWER_SUPPLIES=%s|" % supplies,
+        's|^    "require_ac_power": .*|    "require_ac_power": True,|',
+        's|^    "power_supplies": .*|    "power_supplies": "%s",|' % supplies,
     )
     result = laptop_a.run("runuser -u alice -- %s backup" % variant)
     assert result.rc == 69, result.stderr

@@ -5,8 +5,6 @@
 import datetime
 import os
 import shlex
-import subprocess
-import tempfile
 import time
 
 import linkdest_testlib as lib
@@ -203,14 +201,20 @@ def test_a_backup_in_crons_bare_environment_succeeds(laptop_a, server):
     assert len(after) == len(before) + 1
 
 
-def test_rendered_linkdest_passes_shellcheck(laptop_a):
-    script = laptop_a.file("/usr/local/bin/linkdest").content_string
-    with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as handle:
-        handle.write(script)
-    try:
-        result = subprocess.run(
-            ["shellcheck", handle.name], capture_output=True, text=True, check=False
-        )
-    finally:
-        os.unlink(handle.name)
-    assert result.returncode == 0, result.stdout
+def test_rendered_linkdest_is_settings_and_a_call(laptop_a):
+    launcher = laptop_a.file("/usr/local/bin/linkdest")
+    assert launcher.mode == 0o755
+    assert launcher.user == "root"
+    script = launcher.content_string
+    assert script.startswith("#!/usr/bin/python3 -I\n")
+    assert '"source": "%s",' % lib.SOURCE in script
+    parse = "import ast, sys; ast.parse(open(sys.argv[1]).read())"
+    assert laptop_a.run("python3 -c %s /usr/local/bin/linkdest" % shlex.quote(parse)).rc == 0
+    # The program itself is root's, beside the files it shares with the server.
+    program = laptop_a.file(lib.CLIENT_PROGRAM)
+    assert program.user == "root"
+    assert program.mode == 0o644
+    assert laptop_a.file(os.path.dirname(lib.CLIENT_PROGRAM) + "/codes.py").exists
+    usage = lib.as_user(laptop_a, "linkdest")
+    assert usage.rc == 64
+    assert "usage: linkdest backup" in usage.stderr

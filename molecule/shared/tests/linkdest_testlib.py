@@ -20,6 +20,10 @@ USER = "alice"
 HOME = "/home/alice"
 SOURCE = HOME + "/Dropbox"
 SSH = "ssh -F /etc/linkdest/ssh_config linkdest-server"
+# What /usr/local/bin/linkdest runs (the launcher holds only the settings).
+CLIENT_PROGRAM = (
+    "/usr/local/lib/linkdest/ansible_collections/linkdest/backup/plugins/module_utils/client.py"
+)
 
 
 def get_host(name: str):

@@ -1,0 +1,846 @@
+# Copyright (c) 2026 linkdest.backup contributors
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""``linkdest``: the laptop's command (backup, status, list, latest, versions,
+compare, restore, verify).
+
+The backup_client role installs this file, codes.py, manifest.py and
+client_platform.py under /usr/local/lib/linkdest/ and writes
+/usr/local/bin/linkdest: the settings of this laptop and a call of main().
+Everything the server must agree on (exit codes, snapshot names, the words
+its gate accepts) comes from codes.py, which the server runs too.
+
+Standard library only, and no GNU-only tools: the next laptops are Macs.
+What differs between systems (power, network addresses) is in
+client_platform.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from ansible_collections.linkdest.backup.plugins.module_utils import client_platform, codes
+from ansible_collections.linkdest.backup.plugins.module_utils import manifest as mf
+
+# cron's bare environment must behave like a login shell's.
+PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+SENDMAIL = "/usr/sbin/sendmail"
+# One ssh connection per run: rsync's ssh stays up as a master for this many
+# idle seconds, so finalize rides on it; a run killed outright leaves a
+# master that ends by itself.
+MASTER_IDLE = 60
+HEALTHCHECK_TIMEOUT = 10
+HEALTHCHECK_ATTEMPTS = 3
+# ssh's own words for "this laptop is away from home": a skip, not a failure.
+_AWAY_RE = re.compile(
+    r"Could not resolve hostname|Network is unreachable|No route to host"
+    r"|Connection timed out|Operation timed out"
+)
+# ssh failed when ssh says so: rsync reports that as 255 or, racing with the
+# closed pipe, as 12, so the exit code alone cannot tell. (Only ssh's own
+# "Permission denied (publickey...)", not rsync's "(13)".)
+_SSH_ERROR_RE = re.compile(
+    r"^ssh: |Host key verification failed"
+    r"|Permission denied \((publickey|password|keyboard-interactive|gssapi)"
+    r"|REMOTE HOST IDENTIFICATION",
+    re.MULTILINE,
+)
+_BYTES_SENT_RE = re.compile(r"^Total bytes sent: ([0-9,.]+)", re.MULTILINE)
+USAGE = """\
+usage: linkdest backup [--quiet] | status [--raw] | list | latest | versions PATH
+       | compare [SNAPSHOT] | restore PATH [--at TIME|SNAPSHOT] [--to DIR] [--overwrite]
+       | verify [PATH]
+"""
+
+
+class Finished(Exception):
+    """Stop the command with this exit code (after it said why)."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+@dataclass
+class Settings:
+    """What the backup_client role wrote into /usr/local/bin/linkdest."""
+
+    source: str
+    ssh_config: str
+    server: str
+    log_file: str
+    key_file: str
+    user_home: str
+    log_max_kib: int = 1024
+    rsync_timeout: int = 600
+    copy_links: bool = False
+    excludes: list[str] = field(default_factory=list)
+    stale_after_hours: int = 24
+    alert_command: str = ""
+    alert_email: str = ""
+    healthcheck_url: str = ""
+    require_ac_power: bool = False
+    power_supplies: str = client_platform.POWER_SUPPLIES
+    allowed_networks: list[str] = field(default_factory=list)
+    keychain: bool = False
+    bwlimit: int = 0
+
+    @classmethod
+    def from_mapping(cls, data: dict, environ: dict | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        settings = cls(**data)
+        settings.source = settings.source.rstrip("/") or "/"
+        settings.healthcheck_url = settings.healthcheck_url.rstrip("/")
+        # One run may ask for a bandwidth limit of its own (KiB/s).
+        if environ.get("LINKDEST_BWLIMIT", "").isdigit():
+            settings.bwlimit = int(environ["LINKDEST_BWLIMIT"])
+        return settings
+
+    @property
+    def state_dir(self) -> str:
+        return os.path.dirname(self.log_file)
+
+    @property
+    def status_file(self) -> str:
+        return os.path.join(self.state_dir, "status")
+
+    @property
+    def lock_file(self) -> str:
+        return os.path.join(self.state_dir, "lock")
+
+
+def now_utc() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class StatusFile:
+    """KEY=VALUE lines: last attempt, last success, exit code, snapshot name.
+
+    ``linkdest status --raw`` prints it for playbooks/status.yml; a rewrite
+    replaces the file atomically and keeps the keys it does not set.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def read(self) -> dict[str, str]:
+        values: dict[str, str] = {}
+        with (
+            contextlib.suppress(FileNotFoundError),
+            open(self.path, encoding="utf-8", errors="surrogateescape") as handle,
+        ):
+            for line in handle:
+                key, sep, value = line.rstrip("\n").partition("=")
+                if sep:
+                    values[key] = value
+        return values
+
+    def get(self, key: str) -> str:
+        return self.read().get(key, "")
+
+    def record(self, **values) -> None:
+        kept = {k: v for k, v in self.read().items() if k not in values}
+        kept.update({k: str(v) for k, v in values.items()})
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as handle:
+            # One line a value: a newline in a message must not start a key.
+            handle.writelines("%s=%s\n" % (k, v.replace("\n", " ")) for k, v in kept.items())
+        os.replace(tmp, self.path)
+
+
+def hours_since(epoch: str) -> int:
+    """Whole hours since ``epoch`` (a large number when never)."""
+    if not epoch.isdigit():
+        return 999999
+    return int((time.time() - int(epoch)) // 3600)
+
+
+def quote(word: str) -> str:
+    """WORD for a command line the server splits (POSIX shell words)."""
+    return shlex.quote(word)
+
+
+def parse_time(text: str) -> str:
+    """An ISO 8601 time (UTC unless it says otherwise) as the server's
+    ``locate`` takes it: YYYY-MM-DDTHH:MM:SS in UTC."""
+    text = text.strip()
+    if text.startswith("@") and text[1:].isdigit():
+        when = datetime.fromtimestamp(int(text[1:]), timezone.utc)
+    else:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def relative_to_source(path: str, source: str, cwd: str | None = None) -> str:
+    """PATH (absolute, or relative to the current directory) as a path inside
+    the backed-up folder; "." for the folder itself."""
+    full = os.path.normpath(os.path.join(cwd or os.getcwd(), path))
+    if full == source:
+        return "."
+    if full.startswith(source.rstrip("/") + "/"):
+        return full[len(source.rstrip("/")) + 1 :]
+    raise ValueError("%s is not inside the backed-up folder %s" % (path, source))
+
+
+def transfer_summary(output: str) -> tuple[int, str]:
+    """From rsync's output: the bytes sent, and ssh's own error (empty if none)."""
+    sent = _BYTES_SENT_RE.search(output)
+    ssh_error = _SSH_ERROR_RE.search(output)
+    line = ""
+    if ssh_error:
+        start = output.rfind("\n", 0, ssh_error.start()) + 1
+        end = output.find("\n", ssh_error.start())
+        line = output[start : end if end >= 0 else len(output)]
+    return (int(re.sub(r"[,.]", "", sent.group(1))) if sent else 0), line
+
+
+def server_reason(output: str) -> str:
+    """The server's own explanation of a refusal, if it gave one."""
+    for line in output.splitlines():
+        if "linkdest-server: " in line:
+            return line
+    return "the server keeps the incomplete snapshot for the next run"
+
+
+def itemized_difference(line: str) -> str | None:
+    """One line of ``compare``: rsync's itemized change from snapshot to folder."""
+    name = line[12:]
+    if line.startswith("*deleting "):
+        return "new:     " + name
+    if line.startswith((">f+++++++++ ", "cd+++++++++ ", "cL+++++++++ ")):
+        return "deleted: " + name
+    if line.startswith((">f", "cL")):
+        return "changed: " + name
+    return None
+
+
+def compare_with_manifest(lines, source: str, rel: str, follow: bool, out) -> int:
+    """``verify``: compare the folder with a manifest the server sent.
+
+    Only files whose size and mtime (to the second) match the snapshot's are
+    read: those must hold the same bytes; a file edited since is "changed".
+    Returns EXIT_DAMAGED when a file differs without a trace or the server
+    reported damage, else 0.
+    """
+    lines = iter(lines)
+    header = json.loads(next(lines, "null") or "null")
+    if not isinstance(header, dict) or not next(lines, "").startswith(mf.MAGIC + " "):
+        out.write("linkdest: the server sent no manifest\n")
+        return codes.EXIT_NOT_FOUND
+    counts = {"same": 0, "changed": 0, "deleted": 0, "differs": 0}
+    for line in lines:
+        if line.startswith("end "):
+            break
+        entry = mf.entry_of(line.rstrip("\n"))
+        if rel != "." and entry.path != rel and not entry.path.startswith(rel + "/"):
+            continue
+        full = os.path.join(source, entry.path)
+        try:
+            st = os.stat(full) if follow else os.lstat(full)
+        except OSError:
+            counts["deleted"] += 1
+            out.write("deleted: %s\n" % entry.path)
+            continue
+        if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns // 10**9) != (
+            entry.size,
+            entry.mtime_ns // 10**9,
+        ):
+            counts["changed"] += 1
+            out.write("changed: %s\n" % entry.path)
+            continue
+        with open(full, "rb") as handle:
+            same = mf.digest_fd(handle.fileno()) == entry.sha256
+        if same:
+            counts["same"] += 1
+        else:
+            counts["differs"] += 1
+            out.write(
+                "DIFFERS: %s (same size and time as in the snapshot, other bytes)\n" % entry.path
+            )
+    out.write(
+        "verify: %(same)d same, %(changed)d changed since, %(deleted)d deleted since,"
+        " %(differs)d differ without a trace" % counts + " (against %s)\n" % header["snapshot"]
+    )
+    if header.get("damaged"):
+        out.write(
+            "server: DAMAGED in %s: %s\n" % (header["snapshot"], ", ".join(header["damaged"]))
+        )
+    elif header.get("verified"):
+        out.write("server: the snapshot verified intact on %s\n" % header["verified"])
+    else:
+        out.write("server: the snapshot has not been verified yet (the server's weekly verify)\n")
+    return codes.EXIT_DAMAGED if counts["differs"] or header.get("damaged") else 0
+
+
+class Linkdest:
+    """One run of the command: settings, log, status file, and the server."""
+
+    def __init__(self, settings: Settings, platform=None, quiet: bool = False):
+        self.settings = settings
+        self.platform = platform or client_platform.current(settings.power_supplies)
+        self.quiet = quiet
+        self.status = StatusFile(settings.status_file)
+        self.environ = dict(os.environ, PATH=PATH)
+
+    # --- log, alerts, health checks ---
+
+    def log(self, message: str) -> None:
+        with open(self.settings.log_file, "a", encoding="utf-8", errors="replace") as handle:
+            handle.write("%s %s\n" % (now_utc(), message))
+
+    def say(self, message: str) -> None:
+        self.log(message)
+        if not self.quiet:
+            sys.stderr.write("linkdest: %s\n" % message)
+
+    def rotate_log(self) -> None:
+        """Keep the log bounded: one previous generation, log_max_kib each."""
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.getsize(self.settings.log_file) > self.settings.log_max_kib * 1024:
+                os.replace(self.settings.log_file, self.settings.log_file + ".1")
+
+    def _append_output(self, command: list[str], env: dict) -> int:
+        """Run a helper with its output into the log; its exit code."""
+        with open(self.settings.log_file, "ab") as log:
+            return subprocess.call(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env
+            )
+
+    def alert(self, event: str, message: str) -> None:
+        """Run every configured alert (failure, recovery, stale)."""
+        self.log("alert (%s): %s" % (event, message))
+        if self.settings.alert_command:
+            env = dict(self.environ, LINKDEST_EVENT=event, LINKDEST_MESSAGE=message)
+            command = ["/bin/sh", "-c", self.settings.alert_command, "linkdest-alert"]
+            if self._append_output([*command, event, message], env=env) != 0:
+                self.log("the alert command failed")
+        if self.settings.alert_email:
+            if not os.access(SENDMAIL, os.X_OK):
+                self.log("no local MTA (%s): alert mail not sent" % SENDMAIL)
+                return
+            mail = "To: %s\nSubject: linkdest on %s: %s\n\n%s\n" % (
+                self.settings.alert_email,
+                socket.gethostname(),
+                event,
+                message,
+            )
+            with open(self.settings.log_file, "ab") as log:
+                sent = subprocess.run(
+                    [SENDMAIL, "-t"], input=mail.encode(), stdout=log, stderr=log, check=False
+                )
+            if sent.returncode != 0:
+                self.log("sending the alert mail failed")
+
+    def ping_health(self, kind: str) -> None:
+        """The health-check service's three endpoints: start, success, fail."""
+        if not self.settings.healthcheck_url:
+            return
+        url = self.settings.healthcheck_url + {"start": "/start", "fail": "/fail"}.get(kind, "")
+        # The laptop has no Ansible: the standard library's HTTP client.
+        opener = urllib.request.build_opener()
+        for attempt in range(HEALTHCHECK_ATTEMPTS):
+            try:
+                with opener.open(url, timeout=HEALTHCHECK_TIMEOUT) as response:
+                    response.read()
+                return
+            except (urllib.error.URLError, OSError) as exc:
+                error = exc
+                if attempt + 1 < HEALTHCHECK_ATTEMPTS:
+                    time.sleep(1)
+        self.log("health-check ping (%s) failed: %s" % (kind, error))
+
+    # --- outcomes of a backup ---
+
+    def skip(self, reason: str) -> Finished:
+        """A run that could not happen (away, on battery): not a failure, but
+        once the last success grows old, say so once."""
+        self.say("skipped: %s" % reason)
+        self.status.record(last_result="skipped", last_error=reason)
+        values = self.status.read()
+        stale = hours_since(values.get("last_success_epoch", ""))
+        if stale >= self.settings.stale_after_hours and values.get("stale_alerted") != "1":
+            self.alert(
+                "stale",
+                "no backup for more than %d hours (last: %s; now: %s)"
+                % (self.settings.stale_after_hours, values.get("last_success", ""), reason),
+            )
+            self.status.record(stale_alerted="1")
+        return Finished(codes.EXIT_SKIPPED)
+
+    def fail(self, code: int, message: str) -> Finished:
+        """Record, alert on the first failure of a series."""
+        self.say("backup failed: %s" % message)
+        self.status.record(last_result="failed", last_exit=code, last_error=message)
+        self.ping_health("fail")
+        if self.status.get("failing") != "1":
+            self.alert("failure", message)
+            self.status.record(failing="1")
+        return Finished(code)
+
+    # --- ssh ---
+
+    def ssh_command(self, *options: str) -> list[str]:
+        return ["ssh", "-F", self.settings.ssh_config, *options]
+
+    def load_agent(self) -> bool:
+        """With keychain the key has a passphrase: use the agent keychain
+        started at the user's login. True when that agent holds the key."""
+        if not self.settings.keychain:
+            return True
+        env_file = os.path.join(
+            self.settings.user_home, ".keychain", "%s-sh" % socket.gethostname()
+        )
+        with contextlib.suppress(OSError), open(env_file, encoding="utf-8") as handle:
+            for match in re.finditer(r"\b(SSH_AUTH_SOCK|SSH_AGENT_PID)=([^;\s]+)", handle.read()):
+                self.environ[match.group(1)] = match.group(2)
+        if not self.environ.get("SSH_AUTH_SOCK"):
+            return False
+        listed = subprocess.run(
+            ["ssh-keygen", "-lf", self.settings.key_file + ".pub"],
+            capture_output=True,
+            text=True,
+            env=self.environ,
+            check=False,
+        ).stdout.split()
+        held = subprocess.run(
+            ["ssh-add", "-l"], capture_output=True, text=True, env=self.environ, check=False
+        )
+        return len(listed) > 1 and held.returncode == 0 and listed[1] in held.stdout
+
+    def server_call(self, *words: str, **kwargs) -> subprocess.CompletedProcess:
+        """One request to the server's gate (stdout captured)."""
+        return subprocess.run(
+            [*self.ssh_command(), self.settings.server, *words],
+            stdout=subprocess.PIPE,
+            env=self.environ,
+            check=False,
+            **kwargs,
+        )
+
+    @contextlib.contextmanager
+    def connection(self):
+        """A private directory for one ssh master; the master and the
+        directory go when the run ends, however it ends."""
+        control_dir = tempfile.mkdtemp(prefix="linkdest-ssh.", dir="/tmp")
+        master = os.path.join(control_dir, "master")
+        try:
+            yield master
+        finally:
+            if os.path.exists(master):
+                subprocess.run(
+                    [*self.ssh_command("-o", "ControlPath=" + master, "-O", "exit")]
+                    + [self.settings.server],
+                    capture_output=True,
+                    env=self.environ,
+                    check=False,
+                )
+            shutil.rmtree(control_dir, ignore_errors=True)
+
+    # --- backup ---
+
+    def rsync_options(self) -> list[str]:
+        # --delete-excluded: a file excluded later must leave the next snapshot
+        # too (on btrfs a run starts as a copy of the last one, so it would stay).
+        options = ["--archive", "--delete", "--delete-excluded", "--numeric-ids", "--stats"]
+        options.append("--timeout=%d" % self.settings.rsync_timeout)
+        if self.settings.copy_links:
+            options.append("--copy-links")
+        if self.settings.bwlimit > 0:
+            options.append("--bwlimit=%d" % self.settings.bwlimit)
+        options += ["--exclude=" + pattern for pattern in self.settings.excludes]
+        return options
+
+    def backup(self) -> int:
+        os.makedirs(self.settings.state_dir, exist_ok=True)
+        with open(self.settings.lock_file, "w") as lock:
+            # A kernel lock: a killed run cannot leave it stuck. It is not
+            # inherited by rsync or ssh (close_fds), so a lingering ssh master
+            # never holds it.
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.say(
+                    "already running (another linkdest backup holds %s)" % self.settings.lock_file
+                )
+                return codes.EXIT_BUSY
+            try:
+                self._backup_locked()
+            except Finished as finished:
+                return finished.code
+        return 0
+
+    def _backup_locked(self) -> None:
+        self.rotate_log()
+        started = now_utc()
+        self.status.record(last_attempt=started)
+        if self.settings.require_ac_power and not self.platform.on_ac_power():
+            raise self.skip("on battery")
+        if not self.platform.on_networks(self.settings.allowed_networks):
+            raise self.skip(
+                "not on an allowed network (%s)" % " ".join(self.settings.allowed_networks)
+            )
+        if not os.path.isdir(self.settings.source):
+            raise self.fail(
+                codes.EXIT_NO_SOURCE, "source folder %s is missing" % self.settings.source
+            )
+        if not self.load_agent():
+            raise self.fail(
+                codes.EXIT_NO_AGENT,
+                "the ssh agent holds no unlocked backup key: keychain unlocks it when the"
+                " user logs in (after a reboot, log in once)",
+            )
+        self.ping_health("start")
+        self.say("backup of %s started" % self.settings.source)
+        with self.connection() as master:
+            code = self._transfer(master)
+            snapshot = self._finalize(master, code)
+        self.say("snapshot %s finished" % snapshot)
+        self.ping_health("success")
+        values = self.status.read()
+        if values.get("failing") == "1" or values.get("stale_alerted") == "1":
+            self.alert("recovery", "backups work again: snapshot %s" % snapshot)
+        self.status.record(
+            last_result="success",
+            last_exit=code,
+            last_error="",
+            last_success=started,
+            last_success_epoch=int(time.time()),
+            last_snapshot=snapshot,
+            failing="0",
+            stale_alerted="0",
+        )
+
+    def _transfer(self, master: str) -> int:
+        """rsync to the server over a new ssh master; rsync's exit code."""
+        shell = " ".join(
+            self.ssh_command(
+                "-o", "ControlMaster=auto",
+                "-o", "ControlPath=" + master,
+                "-o", "ControlPersist=%d" % MASTER_IDLE,
+            )
+        )  # fmt: skip
+        output_file = os.path.join(self.settings.state_dir, "last-run.out")
+        began = time.monotonic()
+        # The destination path is ignored by the server: it chooses every path.
+        argv = ["rsync", *self.rsync_options(), "-e", shell, "--"]
+        argv += [
+            self.settings.source + "/",
+            "%s:%s" % (self.settings.server, codes.UPLOAD_DESTINATION),
+        ]
+        with open(output_file, "w+b") as output:
+            code = subprocess.call(
+                argv, stdin=subprocess.DEVNULL, stdout=output, stderr=output, env=self.environ
+            )
+            output.seek(0)
+            text = output.read().decode("utf-8", "replace")
+        with open(self.settings.log_file, "a", encoding="utf-8") as log:
+            log.write(text)
+        sent, ssh_error = transfer_summary(text)
+        self.status.record(last_bytes_sent=sent, last_duration=int(time.monotonic() - began))
+        if code != 0 and ssh_error:
+            # No network, or a network that does not reach the server, is a
+            # laptop away from home; anything else (refused, host key, key)
+            # is a failure.
+            if _AWAY_RE.search(ssh_error):
+                raise self.skip("server unreachable (%s)" % ssh_error.removeprefix("ssh: "))
+            raise self.fail(255, "ssh to the server failed: %s" % ssh_error)
+        if code == 24:
+            self.say("warning: some files vanished during the transfer (rsync exit 24)")
+        elif code == 23:
+            self.say(
+                "warning: some files could not be read (rsync exit 23); see %s"
+                % self.settings.log_file
+            )
+        elif code != 0:
+            # The server explains its own refusals (drive not mounted, full, busy).
+            raise self.fail(code, "rsync exit %d: %s" % (code, server_reason(text)))
+        return code
+
+    def _finalize(self, master: str, code: int) -> str:
+        """The server classifies the exit code (one table) and finalizes, or
+        not; the finished snapshot's name."""
+        with open(self.settings.log_file, "ab") as log:
+            result = subprocess.run(
+                [
+                    *self.ssh_command("-o", "ControlMaster=no", "-o", "ControlPath=" + master),
+                    self.settings.server,
+                    codes.VERB_FINALIZE,
+                    str(code),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=self.environ,
+                check=False,
+            )
+        snapshot = result.stdout.decode("utf-8", "replace").strip()
+        if result.returncode != 0 or not codes.is_snapshot_name(snapshot):
+            raise self.fail(
+                codes.EXIT_NOT_FINALIZED,
+                "the server kept the snapshot incomplete (rsync exit %d)" % code,
+            )
+        return snapshot
+
+    # --- status and the server's snapshots ---
+
+    def status_report(self, raw: bool = False) -> int:
+        out = sys.stdout
+        if raw:
+            # KEY=VALUE lines, for playbooks/status.yml and playbooks/restore.yml.
+            out.write("source=%s\n" % self.settings.source)
+            with contextlib.suppress(FileNotFoundError), open(self.status.path, "rb") as handle:
+                out.flush()
+                sys.stdout.buffer.write(handle.read())
+            return 0
+        if not os.path.exists(self.status.path):
+            out.write("linkdest: no backup has run yet\n")
+            return 1
+        values = self.status.read()
+        hours = hours_since(values.get("last_success_epoch", ""))
+        if values.get("last_success"):
+            out.write(
+                "Last backup:   %s, %d hours ago (%s)\n"
+                % (values.get("last_snapshot", ""), hours, values["last_success"])
+            )
+        else:
+            out.write("Last backup:   never\n")
+        out.write(
+            "Last attempt:  %s: %s %s\n"
+            % (
+                values.get("last_attempt", ""),
+                values.get("last_result", ""),
+                values.get("last_error", ""),
+            )
+        )
+        out.write(
+            "Last transfer: %s bytes in %s s\n"
+            % (values.get("last_bytes_sent", ""), values.get("last_duration", ""))
+        )
+        listing = subprocess.run(
+            [*self.ssh_command("-o", "ConnectTimeout=5"), self.settings.server, codes.VERB_LIST],
+            capture_output=True,
+            text=True,
+            env=self.environ,
+            check=False,
+        )
+        if listing.returncode == 0:
+            count = sum(
+                1 for line in listing.stdout.splitlines() if line.startswith(codes.SNAPSHOT_PREFIX)
+            )
+            out.write("On the server: %d snapshots\n" % count)
+        else:
+            out.write("On the server: not reachable now\n")
+        if hours >= self.settings.stale_after_hours:
+            out.write(
+                "STALE: no successful backup for more than %d hours\n"
+                % self.settings.stale_after_hours
+            )
+            return 1
+        return 0
+
+    def snapshots(self) -> list[str]:
+        listing = self.server_call(codes.VERB_LIST)
+        if listing.returncode != 0:
+            raise Finished(listing.returncode)
+        return [line.split()[0] for line in listing.stdout.decode().splitlines() if line.split()]
+
+    def list_snapshots(self) -> int:
+        result = self.server_call(codes.VERB_LIST)
+        sys.stdout.buffer.write(result.stdout)
+        return result.returncode
+
+    def latest(self) -> int:
+        names = self.snapshots()
+        if not names:
+            return 1
+        sys.stdout.write(names[-1] + "\n")
+        return 0
+
+    def relative(self, path: str) -> str:
+        try:
+            return relative_to_source(path, self.settings.source)
+        except ValueError as exc:
+            sys.stderr.write("linkdest: %s\n" % exc)
+            raise Finished(codes.EXIT_USAGE) from None
+
+    def versions(self, path: str) -> int:
+        rel = self.relative(path)
+        sys.stdout.write("SNAPSHOT                  SIZE       MODIFIED (UTC)\n")
+        sys.stdout.flush()
+        result = self.server_call(codes.VERB_VERSIONS, quote(rel))
+        sys.stdout.buffer.write(result.stdout)
+        return result.returncode
+
+    def rsync_over_ssh(self, *args: str, **kwargs) -> subprocess.Popen:
+        return subprocess.Popen(
+            ["rsync", *args[:-2], "-e", " ".join(self.ssh_command()), "--", *args[-2:]],
+            env=self.environ,
+            **kwargs,
+        )
+
+    def compare(self, snapshot: str | None) -> int:
+        if snapshot is None:
+            names = self.snapshots()
+            if not names:
+                sys.stderr.write("linkdest: no snapshot yet\n")
+                return codes.EXIT_NOT_FOUND
+            snapshot = names[-1]
+        # A dry run from the snapshot to the folder lists what differs; nothing is written.
+        rsync = self.rsync_over_ssh(
+            "--archive",
+            "--dry-run",
+            "--delete",
+            "--itemize-changes",
+            "%s:%s/" % (self.settings.server, snapshot),
+            self.settings.source + "/",
+            stdout=subprocess.PIPE,
+        )
+        for raw in rsync.stdout:
+            line = itemized_difference(raw.decode("utf-8", "surrogateescape").rstrip("\n"))
+            if line is not None:
+                sys.stdout.write(line + "\n")
+        code = rsync.wait()
+        sys.stdout.write("(compared with %s)\n" % snapshot)
+        return code
+
+    def restore(self, path: str, at: str | None, to: str | None, overwrite: bool) -> int:
+        rel = self.relative(path)
+        if at and at.startswith(codes.SNAPSHOT_PREFIX):
+            snapshot = at
+        else:
+            words = [codes.VERB_LOCATE, quote(rel)]
+            if at:
+                try:
+                    words.append(parse_time(at))
+                except ValueError:
+                    sys.stderr.write(
+                        "linkdest: cannot read the time %s (ISO 8601, such as"
+                        " 2026-05-01T14:00, UTC unless it says otherwise)\n" % at
+                    )
+                    return codes.EXIT_USAGE
+            located = self.server_call(*words)
+            if located.returncode != 0:
+                return codes.EXIT_NOT_FOUND
+            snapshot = located.stdout.decode().strip()
+        dest = to or os.path.join(os.path.expanduser("~"), "linkdest-restore", snapshot)
+        name = os.path.basename(self.settings.source if rel == "." else rel)
+        target = os.path.join(dest, name)
+        if os.path.lexists(target) and not overwrite:
+            sys.stderr.write("linkdest: %s exists; not overwriting it (add --overwrite)\n" % target)
+            return codes.EXIT_EXISTS
+        os.makedirs(dest, exist_ok=True)
+        source = "%s/" % snapshot if rel == "." else "%s/%s" % (snapshot, rel)
+        # The server sends with --fake-super, so modes, times and symlinks come back as they were.
+        rsync = self.rsync_over_ssh(
+            "--archive", "%s:%s" % (self.settings.server, source), dest + "/"
+        )
+        if rsync.wait() != 0:
+            sys.stderr.write("linkdest: restoring %s from %s failed\n" % (rel, snapshot))
+            return 1
+        sys.stdout.write("restored %s from %s to %s\n" % (rel, snapshot, target))
+        return 0
+
+    def verify(self, path: str | None) -> int:
+        rel = self.relative(path) if path is not None else "."
+        with tempfile.TemporaryFile() as manifest:
+            result = subprocess.run(
+                [*self.ssh_command(), self.settings.server, codes.VERB_MANIFEST],
+                stdout=manifest,
+                env=self.environ,
+                check=False,
+            )
+            if result.returncode != 0:
+                sys.stderr.write("linkdest: the server has no manifest of the newest snapshot\n")
+                return codes.EXIT_NOT_FOUND
+            manifest.seek(0)
+            lines = (line.decode("utf-8", "surrogateescape") for line in manifest)
+            code = compare_with_manifest(
+                lines, self.settings.source, rel, self.settings.copy_links, sys.stdout
+            )
+        return code
+
+
+def _usage() -> Finished:
+    sys.stderr.write(USAGE)
+    return Finished(codes.EXIT_USAGE)
+
+
+def _restore_arguments(args: list[str]) -> tuple[str, str | None, str | None, bool]:
+    path, at, to, overwrite = None, None, None, False
+    args = list(args)
+    while args:
+        word = args.pop(0)
+        if word in ("--at", "--to"):
+            if not args:
+                raise _usage()
+            if word == "--at":
+                at = args.pop(0)
+            else:
+                to = args.pop(0)
+        elif word == "--overwrite":
+            overwrite = True
+        elif word.startswith("-") or path is not None:
+            raise _usage()
+        else:
+            path = word
+    if path is None:
+        raise _usage()
+    return path, at, to, overwrite
+
+
+def run(settings: Settings, argv: list[str]) -> int:
+    if not argv:
+        raise _usage()
+    verb, args = argv[0], argv[1:]
+    if verb == "backup":
+        if args not in ([], ["--quiet"]):
+            raise _usage()
+        return Linkdest(settings, quiet=bool(args)).backup()
+    command = Linkdest(settings)
+    command.load_agent()
+    if verb == "status" and args in ([], ["--raw"]):
+        return command.status_report(raw=bool(args))
+    if verb == "list" and not args:
+        return command.list_snapshots()
+    if verb == "latest" and not args:
+        return command.latest()
+    if verb == "versions" and len(args) == 1:
+        return command.versions(args[0])
+    if verb == "compare" and len(args) <= 1:
+        return command.compare(args[0] if args else None)
+    if verb == "restore":
+        return command.restore(*_restore_arguments(args))
+    if verb == "verify" and len(args) <= 1:
+        return command.verify(args[0] if args else None)
+    raise _usage()
+
+
+def main(settings: dict, argv: list[str] | None = None) -> int:
+    """The entry point /usr/local/bin/linkdest calls with its settings."""
+    os.umask(0o077)
+    try:
+        return run(Settings.from_mapping(settings), sys.argv[1:] if argv is None else argv)
+    except Finished as finished:
+        return finished.code
+    except client_platform.UnsupportedPlatform as exc:
+        sys.stderr.write("linkdest: %s\n" % exc)
+        return codes.EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130

@@ -34,7 +34,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from ansible_collections.linkdest.backup.plugins.module_utils import client_platform, codes
+from ansible_collections.linkdest.backup.plugins.module_utils import (
+    changelist,
+    client_platform,
+    codes,
+)
 from ansible_collections.linkdest.backup.plugins.module_utils import manifest as mf
 
 # cron's bare environment must behave like a login shell's.
@@ -62,10 +66,42 @@ _SSH_ERROR_RE = re.compile(
 )
 _BYTES_SENT_RE = re.compile(r"^Total bytes sent: ([0-9,.]+)", re.MULTILINE)
 USAGE = """\
-usage: linkdest backup [--quiet] | status [--raw] | list | latest | versions PATH
+usage: linkdest backup [--quiet] [--full] | status [--raw] | list | latest | versions PATH
        | compare [SNAPSHOT] | restore PATH [--at TIME|SNAPSHOT] [--to DIR] [--overwrite]
        | verify [PATH]
 """
+
+
+FULL = "full"
+CHANGES = "changes"
+KIND_DIR = changelist.KIND_DIR
+# The record of what the last snapshot holds, beside the status file.
+RECORD_FILE = "sent.gz"
+# Bump when what the client sends for the same folder changes: the record of
+# an older client is then not used (one full run).
+CLIENT_FORMAT = 1
+_FILES_TRANSFERRED_RE = re.compile(r"^Number of regular files transferred: ([0-9,.]+)", re.M)
+
+
+def files_transferred(output: str) -> int:
+    found = _FILES_TRANSFERRED_RE.search(output)
+    return int(re.sub(r"[,.]", "", found.group(1))) if found else 0
+
+
+@dataclass
+class Plan:
+    """What one backup sends: everything, or the paths of a change list."""
+
+    kind: str
+    reason: str = ""
+    walk: changelist.Walk | None = None
+    record: changelist.Record | None = None
+    listed: list[tuple[str, str]] = field(default_factory=list)
+    # The paths rsync reads (--files-from), for a change list, and the
+    # top-level names it may send when the folder itself is listed.
+    list_file: str = ""
+    include_file: str = ""
+    sent_files: int = 0
 
 
 class Finished(Exception):
@@ -99,6 +135,8 @@ class Settings:
     allowed_networks: list[str] = field(default_factory=list)
     keychain: bool = False
     bwlimit: int = 0
+    # A full run at least this often (0: always, the change list is off).
+    full_every_hours: int = 24
 
     @classmethod
     def from_mapping(cls, data: dict, environ: dict | None = None) -> Settings:
@@ -396,8 +434,11 @@ class Linkdest:
 
     # --- ssh ---
 
+    # Tests stand a script in for ssh and sshd's forced command.
+    ssh_program = "ssh"
+
     def ssh_command(self, *options: str) -> list[str]:
-        return ["ssh", "-F", self.settings.ssh_config, *options]
+        return [self.ssh_program, "-F", self.settings.ssh_config, *options]
 
     def load_agent(self) -> bool:
         """With keychain the key has a passphrase: use the agent keychain
@@ -455,19 +496,28 @@ class Linkdest:
 
     # --- backup ---
 
-    def rsync_options(self) -> list[str]:
-        # --delete-excluded: a file excluded later must leave the next snapshot
-        # too (on btrfs a run starts as a copy of the last one, so it would stay).
-        options = ["--archive", "--delete", "--delete-excluded", "--numeric-ids", "--stats"]
-        options.append("--timeout=%d" % self.settings.rsync_timeout)
+    def rsync_options(self, plan: Plan | None = None) -> list[str]:
+        """The laptop's rsync options: a full run, or the paths of a change list."""
+        if plan is not None and plan.kind == CHANGES:
+            # Just the listed paths; the server removed what they replace or
+            # what is gone. No -l or -D: symlinks and specials go by full runs.
+            options = ["--times", "--perms", "--owner", "--group", "--from0"]
+            options.append("--files-from=" + plan.list_file)
+            if plan.include_file:
+                options += ["--include-from=" + plan.include_file, "--exclude=/*"]
+        else:
+            # --delete-excluded: a file excluded later must leave the next
+            # snapshot too (on btrfs a run starts as a copy of the last one).
+            options = ["--archive", "--delete", "--delete-excluded"]
+            options += ["--exclude=" + pattern for pattern in self.settings.excludes]
+        options += ["--numeric-ids", "--stats", "--timeout=%d" % self.settings.rsync_timeout]
         if self.settings.copy_links:
             options.append("--copy-links")
         if self.settings.bwlimit > 0:
             options.append("--bwlimit=%d" % self.settings.bwlimit)
-        options += ["--exclude=" + pattern for pattern in self.settings.excludes]
         return options
 
-    def backup(self) -> int:
+    def backup(self, full: bool = False) -> int:
         os.makedirs(self.settings.state_dir, exist_ok=True)
         with open(self.settings.lock_file, "w") as lock:
             # A kernel lock: a killed run cannot leave it stuck. It is not
@@ -481,12 +531,12 @@ class Linkdest:
                 )
                 return codes.EXIT_BUSY
             try:
-                self._backup_locked()
+                self._backup_locked(full)
             except Finished as finished:
                 return finished.code
         return 0
 
-    def _backup_locked(self) -> None:
+    def _backup_locked(self, full: bool) -> None:
         self.rotate_log()
         started = now_utc()
         self.status.record(last_attempt=started)
@@ -508,9 +558,29 @@ class Linkdest:
             )
         self.ping_health("start")
         self.say("backup of %s started" % self.settings.source)
-        with self.connection() as master:
-            code = self._transfer(master)
-            snapshot = self._finalize(master, code)
+        plan = self.plan(full)
+        try:
+            with self.connection() as master:
+                if plan.kind == CHANGES and not self._prepare_changes(master, plan):
+                    plan.kind = FULL
+                self.say(
+                    "sending %d changed paths (change list against %s)"
+                    % (len(plan.listed), plan.record.snapshot)
+                    if plan.kind == CHANGES
+                    else "sending everything (full run: %s)" % plan.reason
+                )
+                # From here on the record no longer says what current holds
+                # until this run finishes: a run that fails is followed by a
+                # full one.
+                changelist.forget_record(self.record_file)
+                code = self._transfer(master, plan)
+                snapshot = self._finalize(master, code)
+        finally:
+            for path in (plan.list_file, plan.include_file):
+                if path:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+        self._remember(plan, snapshot, code)
         self.say("snapshot %s finished" % snapshot)
         self.ping_health("success")
         values = self.status.read()
@@ -523,27 +593,160 @@ class Linkdest:
             last_success=started,
             last_success_epoch=int(time.time()),
             last_snapshot=snapshot,
+            last_kind=plan.kind,
+            last_paths=len(plan.listed) if plan.kind == CHANGES else plan.sent_files,
+            last_full_reason="" if plan.kind == CHANGES else plan.reason,
             failing="0",
             stale_alerted="0",
         )
 
-    def _transfer(self, master: str) -> int:
-        """rsync to the server over a new ssh master; rsync's exit code."""
-        shell = " ".join(
-            self.ssh_command(
-                "-o", "ControlMaster=auto",
-                "-o", "ControlPath=" + master,
-                "-o", "ControlPersist=%d" % MASTER_IDLE,
+    # --- the change list ---
+
+    @property
+    def record_file(self) -> str:
+        return os.path.join(self.settings.state_dir, RECORD_FILE)
+
+    def settings_digest(self) -> str:
+        """What the record is only good for: the same folder, excludes, client."""
+        return changelist.settings_digest(
+            source=self.settings.source,
+            excludes=self.settings.excludes,
+            copy_links=self.settings.copy_links,
+            client=CLIENT_FORMAT,
+        )
+
+    def plan(self, full: bool) -> Plan:
+        """Walk the folder and decide: a change list, or a full run (and why)."""
+        plan = Plan(kind=FULL, reason="asked for (--full)")
+        try:
+            excludes = changelist.Excludes(self.settings.excludes)
+            plan.walk = changelist.walk(
+                self.settings.source, excludes, self.settings.copy_links, time.time_ns()
             )
-        )  # fmt: skip
+        except changelist.Unsupported as exc:
+            plan.reason = "%s" % exc
+            return plan
+        if full:
+            return plan
+        every = self.settings.full_every_hours
+        record = changelist.load_record(self.record_file)
+        if every <= 0:
+            plan.reason = "the change list is off (backup_client_full_every_hours: 0)"
+        elif record is None:
+            plan.reason = "no record of the last snapshot"
+        elif record.settings != self.settings_digest():
+            plan.reason = "the folder, the excludes or the client changed"
+        elif time.time() - record.full_epoch >= every * 3600:
+            plan.reason = "the last full run is %d hours old or older" % every
+        else:
+            listed = changelist.changes(record.entries, plan.walk)
+            odd = [path for _kind, path in listed if plan.walk.kinds.get(path) in ("l", "s")]
+            if odd:
+                plan.reason = "a symlink or special file changed (%s)" % odd[0]
+                return plan
+            if len(listed) > changelist.MAX_ENTRIES:
+                plan.reason = "more than %d paths changed" % changelist.MAX_ENTRIES
+                return plan
+            if (KIND_DIR, ".") not in listed and any("/" not in path for _k, path in listed):
+                # Writing at the top changes the top's time on the server,
+                # and only a listed "." has it set back (deeper directories
+                # come along as the parents of what is listed).
+                listed.insert(0, (KIND_DIR, "."))
+            plan.kind, plan.record, plan.listed, plan.reason = CHANGES, record, listed, ""
+        return plan
+
+    def _prepare_changes(self, master: str, plan: Plan) -> bool:
+        """Send the change list; the server clones current and makes room.
+
+        False when the server wants a full run (its base is not current, an
+        interrupted run waits) or the list could not be sent.
+        """
+        sent = [path for kind, path in plan.listed if kind != changelist.KIND_GONE]
+        # "./" first: rsync skips a --files-from name that starts with "#"
+        # or ";" as a comment.
+        plan.list_file = self._write_list(
+            "files-from.",
+            (
+                (path if path == "." else "./" + path).encode("utf-8", "surrogateescape") + b"\0"
+                for path in sent
+            ),
+        )
+        if "." in sent:
+            # The folder itself changed (its mode or times): rsync sends a
+            # listed "." with everything at its top, so only the listed
+            # top-level names may pass (the rest is excluded after them).
+            plan.include_file = self._write_list(
+                "include-from.",
+                (
+                    changelist.top_level_rule(path).encode("utf-8", "surrogateescape") + b"\0"
+                    for path in sent
+                    if path != "." and "/" not in path
+                ),
+            )
+        with tempfile.TemporaryFile() as listing, open(self.settings.log_file, "ab") as log:
+            listing.write(changelist.encode(plan.listed))
+            listing.seek(0)
+            result = subprocess.run(
+                [
+                    *self.ssh_command(*self.master_options(master)),
+                    self.settings.server,
+                    codes.VERB_CHANGES,
+                    plan.record.snapshot,
+                ],
+                stdin=listing,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=self.environ,
+                check=False,
+            )
+            log.write(result.stderr)
+        if result.returncode == 0:
+            return True
+        said = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        plan.reason = "the server asked for it (%s)" % (said[-1] if said else result.returncode)
+        return False
+
+    def _write_list(self, prefix: str, records) -> str:
+        """A NUL-separated list for rsync, in the state directory; its path."""
+        fd, path = tempfile.mkstemp(prefix=prefix, dir=self.settings.state_dir)
+        with os.fdopen(fd, "wb") as handle:
+            handle.writelines(records)
+        return path
+
+    def _remember(self, plan: Plan, snapshot: str, code: int) -> None:
+        """Record what the finished snapshot holds, for the next run's list.
+
+        Only after a clean run: with exit 23 or 24 some listed paths may be
+        missing from the snapshot, so the next run is a full one.
+        """
+        if code != 0 or plan.walk is None:
+            return
+        full_epoch = plan.record.full_epoch if plan.kind == CHANGES else int(time.time())
+        changelist.save_record(
+            self.record_file,
+            changelist.Record(snapshot, self.settings_digest(), full_epoch, plan.walk.entries),
+        )
+
+    def master_options(self, master: str) -> list[str]:
+        """ssh options that open the run's master connection, or reuse it."""
+        return [
+            "-o", "ControlMaster=auto",
+            "-o", "ControlPath=" + master,
+            "-o", "ControlPersist=%d" % MASTER_IDLE,
+        ]  # fmt: skip
+
+    def _transfer(self, master: str, plan: Plan) -> int:
+        """rsync to the server over the run's ssh master; rsync's exit code."""
+        shell = " ".join(self.ssh_command(*self.master_options(master)))
         output_file = os.path.join(self.settings.state_dir, "last-run.out")
         began = time.monotonic()
-        # The destination path is ignored by the server: it chooses every path.
-        argv = ["rsync", *self.rsync_options(), "-e", shell, "--"]
-        argv += [
-            self.settings.source + "/",
-            "%s:%s" % (self.settings.server, codes.UPLOAD_DESTINATION),
-        ]
+        # The server chooses every path; the destination word only says
+        # which kind of upload this is.
+        destination = (
+            codes.CHANGES_DESTINATION if plan.kind == CHANGES else codes.UPLOAD_DESTINATION
+        )
+        argv = ["rsync", *self.rsync_options(plan), "-e", shell, "--"]
+        argv += [self.settings.source + "/", "%s:%s" % (self.settings.server, destination)]
         with open(output_file, "w+b") as output:
             code = subprocess.call(
                 argv, stdin=subprocess.DEVNULL, stdout=output, stderr=output, env=self.environ
@@ -553,6 +756,7 @@ class Linkdest:
         with open(self.settings.log_file, "a", encoding="utf-8") as log:
             log.write(text)
         sent, ssh_error = transfer_summary(text)
+        plan.sent_files = files_transferred(text)
         self.status.record(last_bytes_sent=sent, last_duration=int(time.monotonic() - began))
         if code != 0 and ssh_error:
             # No network, or a network that does not reach the server, is a
@@ -633,6 +837,13 @@ class Linkdest:
             "Last transfer: %s bytes in %s s\n"
             % (values.get("last_bytes_sent", ""), values.get("last_duration", ""))
         )
+        if values.get("last_kind") == CHANGES:
+            out.write("Last run:      change list, %s paths sent\n" % values.get("last_paths", ""))
+        elif values.get("last_kind") == FULL:
+            out.write(
+                "Last run:      full, %s files sent (%s)\n"
+                % (values.get("last_paths", ""), values.get("last_full_reason", ""))
+            )
         listing = subprocess.run(
             [*self.ssh_command("-o", "ConnectTimeout=5"), self.settings.server, codes.VERB_LIST],
             capture_output=True,
@@ -810,9 +1021,9 @@ def run(settings: Settings, argv: list[str]) -> int:
         raise _usage()
     verb, args = argv[0], argv[1:]
     if verb == "backup":
-        if args not in ([], ["--quiet"]):
+        if not set(args) <= {"--quiet", "--full"} or len(set(args)) != len(args):
             raise _usage()
-        return Linkdest(settings, quiet=bool(args)).backup()
+        return Linkdest(settings, quiet="--quiet" in args).backup(full="--full" in args)
     command = Linkdest(settings)
     command.load_agent()
     if verb == "status" and args in ([], ["--raw"]):

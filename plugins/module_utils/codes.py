@@ -32,6 +32,9 @@ EXIT_NO_SPACE = 73
 EXIT_EXISTS = 73
 # Another run holds the lock.
 EXIT_BUSY = 75
+# changes: the change list's base is not current, or an interrupted run waits
+# to be resumed; the laptop sends everything instead (a full run).
+EXIT_FULL_RUN_NEEDED = 76
 # The gate refused the request.
 EXIT_REFUSED = 77
 # The ssh agent holds no unlocked backup key (keychain, after a reboot).
@@ -53,5 +56,8 @@ VERB_LIST = "list"
 VERB_LOCATE = "locate"  # locate PATH [WHEN]
 VERB_VERSIONS = "versions"  # versions PATH
 VERB_MANIFEST = "manifest"  # manifest [SNAPSHOT]
-# The path a laptop's rsync names as its destination; the server ignores it.
+VERB_CHANGES = "changes"  # changes BASE, a change list on stdin (changelist.py)
+# The path a laptop's rsync names as its destination. The server chooses every
+# path itself; this word only says which kind of upload it is.
 UPLOAD_DESTINATION = "snapshot/"
+CHANGES_DESTINATION = "changes/"

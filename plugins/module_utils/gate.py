@@ -37,6 +37,14 @@ _SEND_LONG_OPTIONS = {
     "--bwlimit": re.compile(r"^\d{1,9}[KkMm]?\Z"),
     "--log-format": re.compile(r"^%i\Z"),
 }
+# A receive that applies a change list (the destination is
+# codes.CHANGES_DESTINATION) writes into a clone of current, where every file
+# is an inode finished snapshots share. Only what cannot rewrite such an inode
+# passes: no -c (a checksum match would set attributes on the old inode
+# instead of writing a new one), no -l or -D (a symlink or device that matches
+# gets its attributes set in place), no -H, -A, -X, -r or -d. The server adds
+# --ignore-times, so every listed file is written anew.
+_CHANGES_SHORT_FLAGS = set("ogtpRvzSOIx")
 # Long options a receiver may get: each maps to a regex its value must match
 # (None: takes no value). Everything else is refused, among others --inplace,
 # --append, --link-dest, --partial-dir, --temp-dir, --backup-dir, --log-file.
@@ -59,15 +67,36 @@ _RECEIVE_LONG_OPTIONS = {
 }
 
 
+# The same, less everything that deletes: the server removes what the list says.
+_CHANGES_LONG_OPTIONS = {
+    name: value
+    for name, value in _RECEIVE_LONG_OPTIONS.items()
+    if not name.startswith(("--delete", "--max-delete"))
+}
+
+
 class GateRefused(Exception):
     """The laptop asked for something the gate does not allow."""
 
 
 @dataclass(frozen=True)
 class ReceiveRequest:
-    """Upload a new snapshot: the vetted rsync server options."""
+    """Upload a new snapshot: the vetted rsync server options.
+
+    ``changes``: only the paths of the change list prepared just before
+    (ChangesRequest), into the clone of current made for it.
+    """
 
     options: tuple[str, ...]
+    changes: bool = False
+
+
+@dataclass(frozen=True)
+class ChangesRequest:
+    """Prepare a snapshot from current and a change list (read from stdin),
+    made by the laptop against the finished snapshot ``base``."""
+
+    base: str
 
 
 @dataclass(frozen=True)
@@ -113,14 +142,15 @@ class ManifestRequest:
     snapshot: str | None
 
 
-def _check_short_flags(token: str) -> None:
+def _check_short_flags(token: str, allowed: set | None = None) -> None:
+    allowed = _RECEIVE_SHORT_FLAGS if allowed is None else allowed
     flags = token[1:]
     for index, flag in enumerate(flags):
         if flag == "e":
             if not _CAPABILITIES_RE.match(flags[index + 1 :]):
                 raise GateRefused("malformed rsync capability string in %r" % token)
             return
-        if flag not in _RECEIVE_SHORT_FLAGS:
+        if flag not in allowed:
             raise GateRefused("rsync option -%s is not allowed" % flag)
 
 
@@ -145,12 +175,12 @@ def _split_options(args: list[str]) -> tuple[list[str], list[str]]:
     return args[:dot], args[dot + 1 :]
 
 
-def _check_options(options: list[str], long_options: dict) -> None:
+def _check_options(options: list[str], long_options: dict, short_flags: set | None = None) -> None:
     for token in options:
         if token.startswith("--"):
             _check_long_option(token, long_options)
         elif token.startswith("-") and len(token) > 1:
-            _check_short_flags(token)
+            _check_short_flags(token, short_flags)
         else:
             raise GateRefused("unexpected rsync argument %r" % token)
 
@@ -195,6 +225,9 @@ def _parse_rsync(words: list[str]):
     # the server (an absolute path, '..') is refused and logged, not humoured.
     if paths[0].startswith("/") or ".." in paths[0].split("/"):
         raise GateRefused("the destination is chosen by the server; %r is refused" % paths[0][:200])
+    if paths[0] == codes.CHANGES_DESTINATION:
+        _check_options(options, _CHANGES_LONG_OPTIONS, _CHANGES_SHORT_FLAGS)
+        return ReceiveRequest(options=tuple(options), changes=True)
     _check_options(options, _RECEIVE_LONG_OPTIONS)
     return ReceiveRequest(options=tuple(options))
 
@@ -218,6 +251,10 @@ def parse_request(command: str | None):
         if len(words) != 2 or not re.match(r"^\d{1,3}\Z", words[1]):
             raise GateRefused("usage: finalize RSYNC_EXIT_CODE")
         return FinalizeRequest(rsync_exit=int(words[1]))
+    if verb == codes.VERB_CHANGES:
+        if len(words) != 2 or not codes.is_snapshot_name(words[1]):
+            raise GateRefused("usage: changes BASE_SNAPSHOT (a change list on stdin)")
+        return ChangesRequest(base=words[1])
     if verb == codes.VERB_LIST and len(words) == 1:
         return ListRequest()
     if verb == codes.VERB_LOCATE and len(words) in (2, 3):

@@ -23,6 +23,7 @@ import syslog
 from datetime import datetime, timedelta, timezone
 
 from ansible_collections.linkdest.backup.plugins.module_utils import (
+    changelist,
     codes,
     health,
     retention,
@@ -35,11 +36,14 @@ from ansible_collections.linkdest.backup.plugins.module_utils import snapshots a
 
 CONFIG_PATH = "/etc/linkdest/server.json"
 RECEIVED_MARKER = ".linkdest-received"
+# A clone prepared for a change list: {"incomplete": NAME, "base": NAME}.
+CHANGES_MARKER = ".linkdest-changes"
 JOURNAL = ".linkdest-journal"
 
 # Exit codes the laptop must read the same way: one table, in codes.py.
 EXIT_REFUSED = codes.EXIT_REFUSED
 EXIT_BUSY = codes.EXIT_BUSY
+EXIT_FULL_RUN_NEEDED = codes.EXIT_FULL_RUN_NEEDED
 EXIT_NOT_FINALIZED = codes.EXIT_NOT_FINALIZED
 EXIT_NOT_FOUND = codes.EXIT_NOT_FOUND
 EXIT_NOT_MOUNTED = codes.EXIT_NOT_MOUNTED
@@ -154,12 +158,23 @@ def receiver_argv(
         "--fake-super",
         "--timeout=%d" % config.timeout,
     ]
-    if (backend or config.backend) == "btrfs":
+    btrfs = (backend or config.backend) == "btrfs"
+    if btrfs:
         # The run starts as a writable snapshot of current: rewrite only the
         # blocks that changed (copy-on-write keeps the old ones for the older
-        # snapshots) and delete what the laptop deleted. The gate never takes
-        # these options from a laptop.
-        argv += ["--inplace", "--no-whole-file", "--delete"]
+        # snapshots). The gate never takes these options from a laptop.
+        argv += ["--inplace", "--no-whole-file"]
+        if not request.changes:
+            # ... and delete what the laptop deleted (a change list's
+            # deletions were made by the server before this receiver ran).
+            argv.append("--delete")
+    elif request.changes:
+        # The destination is a hard-link clone of current: every file there
+        # is an inode finished snapshots share. A listed file was removed
+        # from the clone; anything else the laptop sends is written anew too
+        # (no quick check, so no attribute is ever set on an old inode).
+        # --link-dest keeps the old file as the basis of the delta.
+        argv.append("--ignore-times")
     argv += ["--link-dest=../%s" % name for name in link_dests[:MAX_LINK_DESTS]]
     return argv + [".", dest + "/"]
 
@@ -205,14 +220,14 @@ def link_dests_for(config: Config, area: str, backend: str | None = None) -> lis
     return ([base.name] if base else []) + interrupted
 
 
-def _gate_receive(config: Config, client: str, area: str, request) -> int:
+def _receive_refusal(config: Config, client: str) -> int | None:
+    """Why no upload may start now (drive missing, wrong file system, full), or None."""
     if config.root_must_be_mount and not os.path.ismount(config.root):
         # With the drive unplugged the upload would fill the system disk.
         _log(client, "refused: backup drive %s is not mounted" % config.root, syslog.LOG_ERR)
         sys.stderr.write("linkdest-server: backup drive %s is not mounted\n" % config.root)
         return EXIT_NOT_MOUNTED
-    backend = config.backend_of(client)
-    if backend == "btrfs" and not subvolumes.is_btrfs(config.root):
+    if config.backend_of(client) == "btrfs" and not subvolumes.is_btrfs(config.root):
         message = "refused: backend btrfs, but backup drive %s is not btrfs" % config.root
         _log(client, message, syslog.LOG_ERR)
         sys.stderr.write("linkdest-server: %s\n" % message)
@@ -228,30 +243,175 @@ def _gate_receive(config: Config, client: str, area: str, request) -> int:
         _log(client, message, syslog.LOG_ERR)
         sys.stderr.write("linkdest-server: %s\n" % message)
         return EXIT_NO_SPACE
+    return None
+
+
+def _gate_receive(config: Config, client: str, area: str, request) -> int:
+    refusal = _receive_refusal(config, client)
+    if refusal is not None:
+        return refusal
+    backend = config.backend_of(client)
     try:
         # Wait a little: the receiver of a run the laptop just lost may still
         # be winding down, and prune or the mirror may hold the area briefly.
         with snap.area_lock(area, wait=RECEIVE_LOCK_WAIT):
             snap.finish_deletions(area)
-            link_dests = link_dests_for(config, area, backend)
-            incoming = snap.start_incomplete(
-                area, datetime.now(timezone.utc), backend, ask_root(config)
-            )
-            argv = receiver_argv(config, request, link_dests, incoming.name, backend)
-            _log(
-                client,
-                "receiving %s (%s)"
-                % (
-                    incoming.name,
+            prepared = _take_changes_marker(area)
+            if request.changes:
+                if prepared is None or not _still_prepared(area, prepared):
+                    message = "refused: no change list was prepared for this upload"
+                    _log(client, message, syslog.LOG_WARNING)
+                    sys.stderr.write("linkdest-server: %s\n" % message)
+                    return EXIT_REFUSED
+                dest, link_dests = prepared["incomplete"], [prepared["base"]]
+                how = "change list against %s" % prepared["base"]
+            else:
+                # A clone prepared but never used is an interrupted run now:
+                # this full run resumes from it like from any other.
+                link_dests = link_dests_for(config, area, backend)
+                dest = snap.start_incomplete(
+                    area, datetime.now(timezone.utc), backend, ask_root(config)
+                ).name
+                how = (
                     "btrfs"
                     if backend == "btrfs"
-                    else "link-dest %s" % (", ".join(link_dests) or "none"),
-                ),
-            )
+                    else "link-dest %s" % (", ".join(link_dests) or "none")
+                )
+            if backend == "btrfs":
+                link_dests = []
+            argv = receiver_argv(config, request, link_dests, dest, backend)
+            _log(client, "receiving %s (%s)" % (dest, how))
             code = subprocess.call(argv, cwd=area)
-            _write_marker(area, incoming.name, code)
-            _log(client, "received %s, rsync receiver exit %d" % (incoming.name, code))
+            _write_marker(area, dest, code)
+            _log(client, "received %s, rsync receiver exit %d" % (dest, code))
             return code
+    except snap.LockBusyError as exc:
+        sys.stderr.write("linkdest-server: busy: %s\n" % exc)
+        return EXIT_BUSY
+
+
+def _take_changes_marker(area: str) -> dict | None:
+    """The prepared clone's marker, removed: one upload uses it, at most."""
+    path = os.path.join(area, CHANGES_MARKER)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            prepared = json.load(handle)
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        prepared = None
+    os.unlink(path)
+    return prepared if isinstance(prepared, dict) else None
+
+
+def _still_prepared(area: str, prepared: dict) -> bool:
+    """The clone is there and its base is still current."""
+    base = snap.current_snapshot(area)
+    incomplete = [s.name for s in snap.list_incomplete(area)]
+    return (
+        base is not None
+        and base.name == prepared.get("base")
+        and incomplete == [prepared.get("incomplete")]
+    )
+
+
+def _clone_current(config: Config, area: str, base: str, backend: str) -> str:
+    """A new incomplete snapshot that starts as a copy of ``base`` (current).
+
+    btrfs: a writable snapshot of current (start_incomplete does that when no
+    interrupted run waits). Hard links: ``cp -al``, new directories holding
+    hard links to every file of current, their xattrs (the --fake-super
+    modes and owners) and times kept.
+    """
+    incoming = snap.start_incomplete(area, datetime.now(timezone.utc), backend, ask_root(config))
+    if backend == "btrfs":
+        # The new subvolume's top starts private (0700); the listed paths may
+        # not include the folder itself, so it takes current's top as it was.
+        _copy_top_attributes(os.path.join(area, base), os.path.join(area, incoming.name))
+    else:
+        result = subprocess.run(
+            ["cp", "-al", "--", base + "/.", incoming.name + "/"],
+            cwd=area,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            snap.delete_snapshot(area, incoming.name, privileged=ask_root(config))
+            raise snap.SnapshotError("could not clone %s: %s" % (base, result.stderr.strip()[:500]))
+    return incoming.name
+
+
+FAKE_SUPER_XATTR = "user.rsync.%stat"
+
+
+def _copy_top_attributes(source: str, dest: str) -> None:
+    """Mode, --fake-super record and times of one directory onto another."""
+    st = os.lstat(source)
+    os.chmod(dest, stat.S_IMODE(st.st_mode))
+    try:
+        os.setxattr(dest, FAKE_SUPER_XATTR, os.getxattr(source, FAKE_SUPER_XATTR))
+    except OSError as exc:
+        if exc.errno != errno.ENODATA:
+            raise
+        with contextlib.suppress(OSError):
+            os.removexattr(dest, FAKE_SUPER_XATTR)
+    os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _gate_changes(config: Config, client: str, area: str, request, stdin=None) -> int:
+    """Prepare the next snapshot from current and the laptop's change list.
+
+    Only when the list was made against current and no interrupted run waits
+    (it must be resumed by a full run): else EXIT_FULL_RUN_NEEDED, and the
+    laptop sends everything. The list is read and applied under the area's
+    lock; a bad list discards the clone and changes nothing else.
+    """
+    refusal = _receive_refusal(config, client)
+    if refusal is not None:
+        return refusal
+    backend = config.backend_of(client)
+    stdin = sys.stdin.buffer if stdin is None else stdin
+    try:
+        with snap.area_lock(area, wait=RECEIVE_LOCK_WAIT):
+            snap.finish_deletions(area)
+            _take_changes_marker(area)
+            base = snap.current_snapshot(area)
+            why = None
+            if base is None or base.name != request.base:
+                why = "the change list's base %s is not current (%s)" % (
+                    request.base,
+                    base.name if base else "none",
+                )
+            elif snap.list_incomplete(area):
+                why = "an interrupted run waits to be resumed"
+            if why:
+                _log(client, "full run needed: %s" % why)
+                sys.stderr.write("linkdest-server: full run needed: %s\n" % why)
+                return EXIT_FULL_RUN_NEEDED
+            name = _clone_current(config, area, base.name, backend)
+            try:
+                counts = changelist.apply_removals(
+                    os.path.join(area, name),
+                    changelist.decode(stdin),
+                    keep_files=backend == "btrfs",
+                )
+            except (changelist.ChangeListError, OSError) as exc:
+                snap.delete_snapshot(area, name, privileged=ask_root(config))
+                _log(client, "refused change list: %s" % exc, syslog.LOG_WARNING)
+                sys.stderr.write("linkdest-server: refused: %s\n" % exc)
+                return EXIT_REFUSED
+            tmp = os.path.join(area, CHANGES_MARKER + ".tmp")
+            with open(tmp, "w", encoding="utf-8") as handle:
+                json.dump({"incomplete": name, "base": base.name}, handle)
+            os.replace(tmp, os.path.join(area, CHANGES_MARKER))
+            _log(
+                client,
+                "prepared %s from %s: %d listed, %d removed"
+                % (name, base.name, counts["listed"], counts["removed"]),
+            )
+            return 0
     except snap.LockBusyError as exc:
         sys.stderr.write("linkdest-server: busy: %s\n" % exc)
         return EXIT_BUSY
@@ -403,6 +563,8 @@ def cmd_gate(config: Config, client: str) -> int:
         return EXIT_REFUSED
     if isinstance(request, gate_lib.ReceiveRequest):
         return _gate_receive(config, client, area, request)
+    if isinstance(request, gate_lib.ChangesRequest):
+        return _gate_changes(config, client, area, request)
     if isinstance(request, gate_lib.FinalizeRequest):
         return _gate_finalize(config, client, area, request)
     if isinstance(

@@ -116,22 +116,22 @@ def kill_a_backup_midway(laptop, server, client: str, relpaths, size: int) -> li
     return arrived
 
 
-def backup(host, env: str = "", retry_busy: bool = True):
+def backup(host, env: str = "", retry_busy: bool = True, command: str = "linkdest backup"):
     """Run `linkdest backup` as the user. The laptops' real cron job may be
     running at that moment (every 30 minutes): then wait for it and run again,
     as a user would; the concurrency test asks for the raw answer instead."""
-    result = as_user(host, "linkdest backup", env)
+    result = as_user(host, command, env)
     for _attempt in range(60):
         if not retry_busy or result.rc != 75:
             break
         time.sleep(3)
-        result = as_user(host, "linkdest backup", env)
+        result = as_user(host, command, env)
     return result
 
 
-def backup_ok(host) -> str:
+def backup_ok(host, command: str = "linkdest backup") -> str:
     """Run a backup that must succeed; return the new snapshot's name."""
-    result = backup(host)
+    result = backup(host, command=command)
     assert result.rc == 0, "linkdest backup failed: %s %s" % (result.stdout, result.stderr)
     status = read_status(host)
     return status["last_snapshot"]

@@ -73,6 +73,7 @@ bench: venv images
 	bench/mirror_bench.sh
 	bench/prune_bench.sh
 	bench/backends.sh
+	BENCH_FILES=100000 bench/backends.sh
 	$(BIN)/python bench/scrub_bench.py
 
 clean: demo-clean

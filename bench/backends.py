@@ -12,10 +12,18 @@ through a local remote-shell script, so the timings are the storage work
 the network. The hard-link drive is a directory on this machine's root file
 system (ext4 here), the btrfs drive a loop-mounted image on the same disk.
 
+Each linkdest snapshot is a real ``linkdest backup`` (client.py, in this
+process) whose ssh is a script that drops ssh's options and hands the rest to
+the same local remote shell. Bare ``rsync --link-dest`` goes through a local
+remote shell too (as the account, no gate) into a directory on the hard-link
+drive: the baseline every ratio is taken against, measured in the same run.
+
 Cases, interleaved and in alternating order, median of the repeats: the first
-snapshot (everything sent), an unchanged one, and one after a 1 % change.
-Disk: what an unchanged snapshot adds (hard links: ``du`` counting each inode
-once, where it first meets it; btrfs: exclusive bytes, ``btrfs filesystem du``).
+snapshot (everything sent, a full run), an unchanged one (change list), the
+same unchanged tree with ``--full`` (the safety net), and one after a 1 %
+change (change list). Disk: what an unchanged snapshot adds (hard links: ``du``
+counting each inode once, where it first meets it; btrfs: exclusive bytes,
+``btrfs filesystem du``).
 """
 
 from __future__ import annotations
@@ -29,6 +37,11 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "collections")
+)
+from ansible_collections.linkdest.backup.plugins.module_utils import client  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ACCOUNT = "linkdest-bench"
 CLIENT = "bench"
@@ -36,16 +49,18 @@ WORK = "/var/tmp/linkdest-bench"
 SUDOERS = "/etc/sudoers.d/linkdest-bench"
 LAUNCHER = WORK + "/bin/linkdest-server"
 RSH = WORK + "/bin/local-rsh"
+# What linkdest's client runs as ssh: drops ssh's options, then RSH.
+SSH = WORK + "/bin/local-ssh"
+# Bare rsync's remote shell: the account, no gate.
+PLAIN_RSH = WORK + "/bin/plain-rsh"
+BARE = WORK + "/bare"
 BACKENDS = ("hardlink", "btrfs")
-# linkdest's own rsync options (roles/backup_client/templates/.../linkdest.j2).
-OPTIONS = [
-    "--archive",
-    "--delete",
-    "--delete-excluded",
-    "--numeric-ids",
-    "--stats",
-    "--timeout=600",
-]
+CASES = (
+    "first snapshot",
+    "unchanged, change list",
+    "unchanged, --full",
+    "after 1% change, change list",
+)
 
 
 def run(*argv: str, **kwargs) -> subprocess.CompletedProcess:
@@ -82,6 +97,16 @@ def setup(files: int, mib: int) -> None:
             ' %s --config "$LINKDEST_BENCH_CONFIG" gate %s\n' % (ACCOUNT, LAUNCHER, CLIENT)
         )
     os.chmod(RSH, 0o755)
+    with open(SSH, "w", encoding="utf-8") as handle:
+        handle.write(
+            "#!/bin/sh\n# ssh [-F X] [-o X]... [-O CMD] HOST WORDS...\n"
+            'while [ "${1#-}" != "$1" ]; do [ "$1" = -O ] && exit 0; shift 2; done\n'
+            'exec %s "$@"\n' % RSH
+        )
+    os.chmod(SSH, 0o755)
+    with open(PLAIN_RSH, "w", encoding="utf-8") as handle:
+        handle.write('#!/bin/sh\nshift\nexec runuser -u %s -- "$@"\n' % ACCOUNT)
+    os.chmod(PLAIN_RSH, 0o755)
     rule = "%s ALL=(root) NOPASSWD: %s --config %s/btrfs.json subvolume *\n" % (
         ACCOUNT,
         LAUNCHER,
@@ -126,7 +151,9 @@ def setup(files: int, mib: int) -> None:
 
 
 def reset(backend: str) -> None:
-    """An empty area, owned by the account (btrfs: every subvolume deleted)."""
+    """An empty area, owned by the account (btrfs: every subvolume deleted),
+    and no record of a last snapshot on the laptop's side."""
+    shutil.rmtree("%s/state-%s" % (WORK, backend), ignore_errors=True)
     path = area(backend)
     if os.path.isdir(path):
         for name in sorted(os.listdir(path)):
@@ -144,26 +171,42 @@ def reset(backend: str) -> None:
     os.sync()
 
 
-def snapshot(backend: str) -> tuple[float, float, str]:
-    """One linkdest run on ``backend``: receive, then finalize.
-
-    Returns the whole run's wall seconds, finalize's share, and the name."""
-    env = dict(os.environ, LINKDEST_BENCH_CONFIG="%s/%s.json" % (WORK, backend))
-    began = time.monotonic()
-    run(
-        "rsync",
-        *OPTIONS,
-        "-e",
-        RSH,
-        WORK + "/source/",
-        "bench:snapshot/",
-        env=env,
-        stdout=subprocess.DEVNULL,
+def snapshot(backend: str, full: bool = False) -> tuple[float, str, str]:
+    """One ``linkdest backup`` to ``backend``: wall seconds, the snapshot, the kind."""
+    os.environ["LINKDEST_BENCH_CONFIG"] = "%s/%s.json" % (WORK, backend)
+    settings = client.Settings.from_mapping(
+        {
+            "source": WORK + "/source",
+            "ssh_config": "/dev/null",
+            "server": CLIENT,
+            "log_file": "%s/state-%s/linkdest.log" % (WORK, backend),
+            "key_file": "/dev/null",
+            "user_home": WORK,
+            "copy_links": False,
+            "rsync_timeout": 600,
+        },
+        environ={},
     )
-    received = time.monotonic()
-    done = run(RSH, "bench", "finalize", "0", env=env, capture_output=True, text=True)
-    ended = time.monotonic()
-    return ended - began, ended - received, done.stdout.strip()
+    command = client.Linkdest(settings, quiet=True)
+    command.ssh_program = SSH
+    began = time.monotonic()
+    code = command.backup(full=full)
+    seconds = time.monotonic() - began
+    status = command.status.read()
+    if code != 0:
+        sys.exit("bench: linkdest backup to %s failed (%d): %s" % (backend, code, status))
+    return seconds, status["last_snapshot"], status["last_kind"]
+
+
+def bare(name: str, previous: str | None) -> float:
+    """Bare rsync --link-dest of the source, through the plain remote shell."""
+    argv = ["rsync", "--archive", "--delete", "--numeric-ids", "-M--fake-super"]
+    if previous:
+        argv.append("--link-dest=../%s" % previous)
+    argv += ["-e", PLAIN_RSH, WORK + "/source/", "bench:%s/%s/" % (BARE, name)]
+    began = time.monotonic()
+    run(*argv, stdout=subprocess.DEVNULL)
+    return time.monotonic() - began
 
 
 def added_bytes(backend: str, previous: str, name: str) -> int:
@@ -191,19 +234,26 @@ def added_bytes(backend: str, previous: str, name: str) -> int:
     return int(out.splitlines()[-1].split()[0])
 
 
+def reset_bare() -> None:
+    shutil.rmtree(BARE, ignore_errors=True)
+    os.mkdir(BARE, 0o700)
+    account = pwd.getpwnam(ACCOUNT)
+    os.chown(BARE, account.pw_uid, account.pw_gid)
+
+
 def main() -> int:
     files, mib, repeat = (int(x) for x in sys.argv[1:4])
     setup(files, mib)
     times: dict[tuple[str, str], list[float]] = {}
-    finalizing: dict[tuple[str, str], list[float]] = {}
     disk: dict[str, list[int]] = {b: [] for b in BACKENDS}
     for round_ in range(1, repeat + 1):
-        order = BACKENDS if round_ % 2 else tuple(reversed(BACKENDS))
+        order = ("bare", *BACKENDS) if round_ % 2 else (*reversed(BACKENDS), "bare")
         names: dict[str, list[str]] = {b: [] for b in BACKENDS}
-        for backend in order:
+        for backend in BACKENDS:
             reset(backend)
-        for case in ("first snapshot", "unchanged snapshot", "after 1% change"):
-            if case == "after 1% change":
+        reset_bare()
+        for number, case in enumerate(CASES):
+            if case.startswith("after 1%"):
                 run(
                     sys.executable,
                     REPO + "/bench/gendata.py",
@@ -214,14 +264,25 @@ def main() -> int:
                     str(round_),
                     stdout=subprocess.DEVNULL,
                 )
-            for backend in order:
-                seconds, finalize, name = snapshot(backend)
-                names[backend].append(name)
-                times.setdefault((case, backend), []).append(seconds)
-                finalizing.setdefault((case, backend), []).append(finalize)
+            if case.startswith(("first", "after 1%")):
+                # A laptop's walk does not trust a file changed moments before
+                # it (changelist.RACY_NS) and sends it again the next time;
+                # cron does not run that close to edits.
+                time.sleep(1)
+            for tool in order:
+                os.sync()
+                if tool == "bare":
+                    seconds = bare("snap%d" % number, "snap%d" % (number - 1) if number else None)
+                    kind = "bare"
+                else:
+                    seconds, name, kind = snapshot(tool, full="--full" in case or not number)
+                    names[tool].append(name)
+                    expected = "changes" if "change list" in case else "full"
+                    if kind != expected:
+                        sys.exit("bench: %s on %s was a %s run" % (case, tool, kind))
+                times.setdefault((case, tool), []).append(seconds)
                 print(
-                    "round %d %-18s %-8s %6.2f s (finalize %.2f s)"
-                    % (round_, case, backend, seconds, finalize),
+                    "round %d %-30s %-8s %6.2f s (%s)" % (round_, case, tool, seconds, kind),
                     flush=True,
                 )
         for backend in BACKENDS:
@@ -230,22 +291,16 @@ def main() -> int:
         "storage backends, %d files, %d MiB, median of %d (rsync %s, kernel %s)"
         % (files, mib, repeat, rsync_version(), os.uname().release),
         "",
-        "| case | hardlink (s) | btrfs (s) | btrfs / hardlink | finalize: hardlink, btrfs (s) |",
-        "| --- | --- | --- | --- | --- |",
+        "| case | bare rsync (s) | hardlink (s) | btrfs (s) | hardlink / bare | btrfs / bare |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
-    for case in ("first snapshot", "unchanged snapshot", "after 1% change"):
+    for case in CASES:
+        base = statistics.median(times[(case, "bare")])
         hard = statistics.median(times[(case, "hardlink")])
         btrfs = statistics.median(times[(case, "btrfs")])
         lines.append(
-            "| %s | %.2f | %.2f | %.2f | %.2f, %.2f |"
-            % (
-                case,
-                hard,
-                btrfs,
-                btrfs / hard,
-                statistics.median(finalizing[(case, "hardlink")]),
-                statistics.median(finalizing[(case, "btrfs")]),
-            )
+            "| %s | %.2f | %.2f | %.2f | %.2f | %.2f |"
+            % (case, base, hard, btrfs, hard / base, btrfs / base)
         )
     lines += [
         "",
@@ -257,7 +312,7 @@ def main() -> int:
     ]
     report = "\n".join(lines) + "\n"
     os.makedirs(REPO + "/.cache", exist_ok=True)
-    with open(REPO + "/.cache/bench-backends.txt", "w", encoding="utf-8") as handle:
+    with open(REPO + "/.cache/bench-backends-%d.txt" % files, "w", encoding="utf-8") as handle:
         handle.write(report)
     print()
     print(report, end="")

@@ -258,8 +258,11 @@ time_bare() { # SNAPSHOT [PREVIOUS]
   timed bare.log "${argv[@]}"
 }
 
+# linkdest backup sends a change list when it has a record of the last
+# snapshot (every case but the first); LINKDEST_ARGS=(--full) makes it a full run.
+LINKDEST_ARGS=()
 time_linkdest() {
-  timed linkdest.log /usr/local/bin/linkdest backup
+  timed linkdest.log /usr/local/bin/linkdest backup "${LINKDEST_ARGS[@]}"
 }
 
 # pair CASE BARE_SNAPSHOT [BARE_PREVIOUS]: both tools, in this repeat's order.
@@ -316,6 +319,7 @@ for ((round = 1; round <= REPEAT; round++)); do
   if ((round % 2)); then order=(bare linkdest); else order=(linkdest bare); fi
   echo "== Repeat $round of $REPEAT (${order[0]} first)"
   reset_server
+  sleep 1 # a file changed just before a walk is sent again by the next run
   pair first snap1
   pair unchanged snap2 snap1
   mapfile -t snaps < <(newest_linkdest)
@@ -327,6 +331,11 @@ for ((round = 1; round <= REPEAT; round++)); do
   ld_disk=$(disk "$AREA" "${snaps[0]}" "${snaps[1]}")
   samples[disk/bare]+="${bare_disk/ //} "
   samples[disk/linkdest]+="${ld_disk/ //} "
+  # The safety net: linkdest --full (rsync walks everything on both ends, as
+  # before change lists) against bare rsync of the same unchanged tree.
+  LINKDEST_ARGS=(--full)
+  pair full snap2f snap2
+  LINKDEST_ARGS=()
   for snapshot in "$BENCH_DIR/snap2" "$AREA/${snaps[1]}"; do
     found=$(count_files "$snapshot")
     if [[ $found -ne $data_files ]]; then
@@ -338,7 +347,8 @@ for ((round = 1; round <= REPEAT; round++)); do
   change_files=$(json "$changed" changed_files)
   change_bytes=$(json "$changed" changed_bytes)
   docker exec "$LAPTOP" tar -cf /dev/null -C "$SOURCE" .
-  pair changed snap3 snap2
+  sleep 1 # linkdest sends a file changed just before its walk once more next time
+  pair changed snap3 snap2f
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -356,8 +366,9 @@ ssh_median=$(median <<<"$ssh_samples")
 
 declare -A labels=(
   [first]="first snapshot (empty server side)"
-  [unchanged]="unchanged snapshot"
-  [changed]="after 1% change"
+  [unchanged]="unchanged snapshot (change list)"
+  [full]="unchanged, linkdest --full"
+  [changed]="after 1% change (change list)"
 )
 
 report() {
@@ -373,7 +384,7 @@ report() {
   printf '%-34s | %14s | %12s | %s\n' case "bare rsync (s)" "linkdest (s)" "ratio linkdest/bare"
   printf '%-34s-+-%14s-+-%12s-+-%s\n' "$(printf -- '-%.0s' {1..34})" "$(printf -- '-%.0s' {1..14})" \
     "$(printf -- '-%.0s' {1..12})" "$(printf -- '-%.0s' {1..19})"
-  for case in first unchanged changed; do
+  for case in first unchanged full changed; do
     label=${labels[$case]}
     bare=$(median <<<"${samples[$case/bare]}")
     ld=$(median <<<"${samples[$case/linkdest]}")
@@ -382,7 +393,7 @@ report() {
   printf '\nbare rsync leaves its writes in the page cache; linkdest flushes them (syncfs) before it\n'
   printf 'finalizes. The same flush, timed on the server right after each bare run (not in the table above):\n'
   printf '%-34s | %16s | %12s | %s\n' case "bare + flush (s)" "linkdest (s)" "ratio linkdest/(bare + flush)"
-  for case in first unchanged changed; do
+  for case in first unchanged full changed; do
     label=${labels[$case]}
     bare=$(paste -d+ <(tr ' ' '\n' <<<"${samples[$case/bare]}" | awk 'NF') \
       <(tr ' ' '\n' <<<"${samples[$case/flush]}" | awk 'NF') | awk -F+ '{ print $1 + $2 }' | median)
@@ -400,7 +411,7 @@ report() {
   printf 'one ssh connection (ssh %s true), median of 5: %s s; what a second connection per snapshot would cost (linkdest opens one since issue 11, as bare rsync does)\n' \
     "$BENCH_HOST" "$ssh_median"
   printf 'samples (s), in repeat order:\n'
-  for case in first unchanged changed; do
+  for case in first unchanged full changed; do
     printf '  %-10s bare: %s| flush after bare: %s| linkdest: %s\n' "$case" "${samples[$case/bare]}" \
       "${samples[$case/flush]}" "${samples[$case/linkdest]}"
   done

@@ -9,7 +9,7 @@ folder once and compares. What is new, changed (ctime catches metadata-only
 and mtime-preserving edits) or gone becomes a change list:
 
     KIND " " PATH "\\0"       KIND: d (a directory now), f (anything else now),
-                              - (gone)
+                              - (gone); then one more "\\0", the end mark
 
 The server (server_cli.py) builds the new snapshot from ``current`` (a
 hard-link clone, or a btrfs snapshot) and calls apply_removals() with the
@@ -42,12 +42,17 @@ KIND_DIR = "d"
 KIND_OTHER = "f"
 KIND_GONE = "-"
 KINDS = (KIND_DIR, KIND_OTHER, KIND_GONE)
+# An empty entry ends the list.
+END = b"\0"
 # The server takes at most this many entries (a bigger change is a full run).
 MAX_ENTRIES = 1_000_000
 MAX_PATH_BYTES = 4096
-# A file changed within this long before the walk may change again within the
-# same timestamp tick without a trace: it is recorded as racy and sent again.
-RACY_NS = 2 * 10**9
+# A file changed this close before the walk may change again within the same
+# timestamp tick without a trace: it is recorded as racy and sent again. Linux
+# file systems stamp times from a clock that ticks every few milliseconds; a
+# file system whose times are whole seconds (FAT, HFS+) gets the longer window.
+RACY_NS = 50 * 10**6
+RACY_COARSE_NS = 2 * 10**9
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -82,22 +87,35 @@ def check_path(path: str) -> str:
 
 
 def encode(entries: Iterable[tuple[str, str]]) -> bytes:
-    return b"".join(
-        (kind + " " + path).encode("utf-8", "surrogateescape") + b"\0" for kind, path in entries
+    """The list on the wire, with its end mark (an empty entry)."""
+    return (
+        b"".join(
+            (kind + " " + path).encode("utf-8", "surrogateescape") + b"\0" for kind, path in entries
+        )
+        + END
     )
 
 
 def decode(stream, limit: int = MAX_ENTRIES) -> Iterator[tuple[str, str]]:
-    """Entries from a binary stream, checked one by one as they arrive."""
+    """Entries from a binary stream, checked one by one as they arrive.
+
+    The list must end with its end mark: a laptop that gives up half way
+    (it decided on a full run after all) just closes the stream, and the
+    server throws the clone away.
+    """
     pending = b""
     count = 0
     while True:
         chunk = stream.read(1 << 16)
         if not chunk:
-            break
+            raise ChangeListError("the change list ended before its end mark (abandoned)")
         pending += chunk
         *records, pending = pending.split(b"\0")
-        for record in records:
+        for index, record in enumerate(records):
+            if not record:
+                if index + 1 < len(records) or pending or stream.read(1):
+                    raise ChangeListError("the change list goes on after its end mark")
+                return
             count += 1
             if count > limit:
                 raise ChangeListError("the change list has more than %d entries" % limit)
@@ -108,8 +126,6 @@ def decode(stream, limit: int = MAX_ENTRIES) -> Iterator[tuple[str, str]]:
             yield kind, check_path(path)
         if len(pending) > MAX_PATH_BYTES + 8:
             raise ChangeListError("a change list entry is too long")
-    if pending:
-        raise ChangeListError("the change list ends in the middle of an entry")
 
 
 # --- the server: make room in the clone ----------------------------------------
@@ -316,10 +332,11 @@ def _kind_of(mode: int) -> str:
     return "s"  # fifo, socket, device
 
 
-def record_of(st: os.stat_result, racy_after_ns: int) -> str:
+def record_of(st: os.stat_result, started_ns: int) -> str:
     """What a path's record holds, as text: equal text means unchanged."""
     ctime = st.st_ctime_ns
-    if st.st_mtime_ns >= racy_after_ns or ctime >= racy_after_ns:
+    window = RACY_COARSE_NS if ctime % 10**9 == 0 else RACY_NS
+    if max(st.st_mtime_ns, ctime) >= started_ns - window:
         ctime = -1  # changed too recently to trust: never equal, sent again
     return "%s %d %d %d %d %o %d %d" % (
         _kind_of(st.st_mode),
@@ -340,10 +357,9 @@ def walk(source: str, excludes: Excludes, follow_links: bool, started_ns: int) -
     dangling one, or a loop, raises Unsupported: rsync reports those itself).
     An unreadable directory raises Unsupported too.
     """
-    racy_after = started_ns - RACY_NS
     result = Walk()
     root_st = os.stat(source) if follow_links else os.lstat(source)
-    result.entries["."] = record_of(root_st, racy_after)
+    result.entries["."] = record_of(root_st, started_ns)
     result.kinds["."] = "d"
     pending = [("", source, {(root_st.st_dev, root_st.st_ino)})]
     while pending:
@@ -363,7 +379,7 @@ def walk(source: str, excludes: Excludes, follow_links: bool, started_ns: int) -
             is_dir = stat.S_ISDIR(st.st_mode)
             if excludes.excluded(path, item.name, is_dir):
                 continue
-            result.entries[path] = record_of(st, racy_after)
+            result.entries[path] = record_of(st, started_ns)
             result.kinds[path] = _kind_of(st.st_mode)
             if is_dir:
                 key = (st.st_dev, st.st_ino)
@@ -419,7 +435,8 @@ def save_record(path: str, record: Record) -> None:
     with gzip.open(tmp, "wt", encoding="utf-8", errors="surrogateescape", compresslevel=1) as out:
         out.write(json.dumps(header, sort_keys=True) + "\n")
         out.writelines(
-            "%s %s\n" % (line, json.dumps(name)) for name, line in record.entries.items()
+            "%s %s\n" % (line, json.dumps(name, ensure_ascii=False))
+            for name, line in record.entries.items()
         )
     os.replace(tmp, path)
 
@@ -433,8 +450,9 @@ def load_record(path: str) -> Record | None:
                 return None
             entries = {}
             for line in handle:
-                fields, _sep, name = line.rstrip("\n").partition(' "')
-                entries[json.loads('"' + name)] = fields
+                fields, _sep, name = line[:-1].partition(' "')
+                # Most names need no unescaping: skip the JSON parser for those.
+                entries[name[:-1] if "\\" not in name else json.loads('"' + name)] = fields
     except (OSError, EOFError, ValueError, UnicodeDecodeError):
         return None
     if len(entries) != header.get("count"):

@@ -558,11 +558,10 @@ class Linkdest:
             )
         self.ping_health("start")
         self.say("backup of %s started" % self.settings.source)
-        plan = self.plan(full)
+        plan = Plan(kind=FULL)
         try:
             with self.connection() as master:
-                if plan.kind == CHANGES and not self._prepare_changes(master, plan):
-                    plan.kind = FULL
+                plan = self.plan(master, full)
                 self.say(
                     "sending %d changed paths (change list against %s)"
                     % (len(plan.listed), plan.record.snapshot)
@@ -615,52 +614,112 @@ class Linkdest:
             client=CLIENT_FORMAT,
         )
 
-    def plan(self, full: bool) -> Plan:
-        """Walk the folder and decide: a change list, or a full run (and why)."""
-        plan = Plan(kind=FULL, reason="asked for (--full)")
+    def _record_for_changes(self, full: bool) -> tuple[changelist.Record | None, str]:
+        """The record a change list can be made against, or None and why not."""
+        if full:
+            return None, "asked for (--full)"
+        every = self.settings.full_every_hours
+        if every <= 0:
+            return None, "the change list is off (backup_client_full_every_hours: 0)"
+        record = changelist.load_record(self.record_file)
+        if record is None:
+            return None, "no record of the last snapshot"
+        if record.settings != self.settings_digest():
+            return None, "the folder, the excludes or the client changed"
+        if time.time() - record.full_epoch >= every * 3600:
+            return None, "the last full run is %d hours old or older" % every
+        return record, ""
+
+    def plan(self, master: str, full: bool) -> Plan:
+        """Walk the folder and decide: a change list, or a full run (and why).
+
+        When a change list looks possible, the server is asked to prepare it
+        before the walk starts: the ssh connection and the server's clone of
+        current take shape while the laptop walks. The list follows when the
+        walk is done; a run that turns out to need everything abandons it.
+        """
+        record, reason = self._record_for_changes(full)
+        plan = Plan(kind=FULL, reason=reason)
         try:
             excludes = changelist.Excludes(self.settings.excludes)
-            plan.walk = changelist.walk(
-                self.settings.source, excludes, self.settings.copy_links, time.time_ns()
-            )
         except changelist.Unsupported as exc:
             plan.reason = "%s" % exc
             return plan
-        if full:
-            return plan
-        every = self.settings.full_every_hours
-        record = changelist.load_record(self.record_file)
-        if every <= 0:
-            plan.reason = "the change list is off (backup_client_full_every_hours: 0)"
-        elif record is None:
-            plan.reason = "no record of the last snapshot"
-        elif record.settings != self.settings_digest():
-            plan.reason = "the folder, the excludes or the client changed"
-        elif time.time() - record.full_epoch >= every * 3600:
-            plan.reason = "the last full run is %d hours old or older" % every
-        else:
-            listed = changelist.changes(record.entries, plan.walk)
-            odd = [path for _kind, path in listed if plan.walk.kinds.get(path) in ("l", "s")]
-            if odd:
-                plan.reason = "a symlink or special file changed (%s)" % odd[0]
-                return plan
-            if len(listed) > changelist.MAX_ENTRIES:
-                plan.reason = "more than %d paths changed" % changelist.MAX_ENTRIES
-                return plan
-            if (KIND_DIR, ".") not in listed and any("/" not in path for _k, path in listed):
-                # Writing at the top changes the top's time on the server,
-                # and only a listed "." has it set back (deeper directories
-                # come along as the parents of what is listed).
-                listed.insert(0, (KIND_DIR, "."))
-            plan.kind, plan.record, plan.listed, plan.reason = CHANGES, record, listed, ""
+        preparing = self._start_changes(master, record.snapshot) if record else None
+        try:
+            plan.walk = changelist.walk(
+                self.settings.source, excludes, self.settings.copy_links, time.time_ns()
+            )
+            if record is not None:
+                plan.listed, plan.reason = self._changes_since(record, plan.walk)
+        except changelist.Unsupported as exc:
+            plan.walk, plan.listed, plan.reason = None, [], "%s" % exc
+        except BaseException:
+            if preparing is not None:
+                plan.reason = "the walk failed"
+                self._finish_changes(preparing, plan)
+            raise
+        if preparing is not None and self._finish_changes(preparing, plan):
+            plan.kind, plan.record = CHANGES, record
+            self._write_rsync_lists(plan)
         return plan
 
-    def _prepare_changes(self, master: str, plan: Plan) -> bool:
-        """Send the change list; the server clones current and makes room.
+    def _changes_since(
+        self, record: changelist.Record, walk: changelist.Walk
+    ) -> tuple[list[tuple[str, str]], str]:
+        """The change list against ``record``, or no list and why a full run."""
+        listed = changelist.changes(record.entries, walk)
+        odd = [path for _kind, path in listed if walk.kinds.get(path) in ("l", "s")]
+        if odd:
+            return [], "a symlink or special file changed (%s)" % odd[0]
+        if len(listed) > changelist.MAX_ENTRIES:
+            return [], "more than %d paths changed" % changelist.MAX_ENTRIES
+        if (KIND_DIR, ".") not in listed and any("/" not in path for _k, path in listed):
+            # Writing at the top changes the top's time on the server, and
+            # only a listed "." has it set back (deeper directories come
+            # along as the parents of what is listed).
+            listed.insert(0, (KIND_DIR, "."))
+        return listed, ""
 
-        False when the server wants a full run (its base is not current, an
-        interrupted run waits) or the list could not be sent.
-        """
+    def _start_changes(self, master: str, base: str) -> subprocess.Popen:
+        """Ask the server to prepare a snapshot from ``base``; the list comes later."""
+        return subprocess.Popen(
+            [
+                *self.ssh_command(*self.master_options(master)),
+                self.settings.server,
+                codes.VERB_CHANGES,
+                base,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=self.environ,
+        )
+
+    def _finish_changes(self, preparing: subprocess.Popen, plan: Plan) -> bool:
+        """Send the list (or, with no list, abandon it); True when the server
+        prepared the snapshot. Else ``plan.reason`` says why not."""
+        data = changelist.encode(plan.listed) if plan.reason == "" else b""
+        try:
+            _out, said = preparing.communicate(data)
+        except BrokenPipeError:
+            _out, said = None, preparing.stderr.read()
+            preparing.wait()
+        with open(self.settings.log_file, "ab") as log:
+            log.write(said or b"")
+        if preparing.returncode == 0 and data:
+            return True
+        if plan.reason == "":
+            lines = (said or b"").decode("utf-8", "replace").strip().splitlines()
+            plan.reason = "the server asked for it (%s)" % (
+                lines[-1] if lines else "exit %d" % preparing.returncode
+            )
+        plan.listed = []
+        return False
+
+    def _write_rsync_lists(self, plan: Plan) -> None:
+        """The paths rsync sends (--files-from), and the top-level names it may
+        send when the folder itself is listed."""
         sent = [path for kind, path in plan.listed if kind != changelist.KIND_GONE]
         # "./" first: rsync skips a --files-from name that starts with "#"
         # or ";" as a comment.
@@ -672,9 +731,8 @@ class Linkdest:
             ),
         )
         if "." in sent:
-            # The folder itself changed (its mode or times): rsync sends a
-            # listed "." with everything at its top, so only the listed
-            # top-level names may pass (the rest is excluded after them).
+            # rsync sends a listed "." with everything at its top: only the
+            # listed top-level names may pass (the rest is excluded after them).
             plan.include_file = self._write_list(
                 "include-from.",
                 (
@@ -683,28 +741,6 @@ class Linkdest:
                     if path != "." and "/" not in path
                 ),
             )
-        with tempfile.TemporaryFile() as listing, open(self.settings.log_file, "ab") as log:
-            listing.write(changelist.encode(plan.listed))
-            listing.seek(0)
-            result = subprocess.run(
-                [
-                    *self.ssh_command(*self.master_options(master)),
-                    self.settings.server,
-                    codes.VERB_CHANGES,
-                    plan.record.snapshot,
-                ],
-                stdin=listing,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                env=self.environ,
-                check=False,
-            )
-            log.write(result.stderr)
-        if result.returncode == 0:
-            return True
-        said = result.stderr.decode("utf-8", "replace").strip().splitlines()
-        plan.reason = "the server asked for it (%s)" % (said[-1] if said else result.returncode)
-        return False
 
     def _write_list(self, prefix: str, records) -> str:
         """A NUL-separated list for rsync, in the state directory; its path."""

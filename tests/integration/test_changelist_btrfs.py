@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 
 import pytest
-from changelist_rig import OPERATIONS, Rig, check_steps, write
+from changelist_rig import OPERATIONS, Rig, check_steps, no_racy_window, write
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_btrfs_library import _btrfs_drive
 
-from ansible_collections.linkdest.backup.plugins.module_utils import changelist, subvolumes
+from ansible_collections.linkdest.backup.plugins.module_utils import subvolumes
 
 
 @pytest.fixture
@@ -24,8 +24,8 @@ def btrfs_root(tmp_path):
     yield from _btrfs_drive(tmp_path, "changelist")
 
 
-def test_a_btrfs_change_list_snapshot_is_a_snapshot_of_current(btrfs_root, tmp_path, monkeypatch):
-    monkeypatch.setattr(changelist, "RACY_NS", 0)
+@no_racy_window()
+def test_a_btrfs_change_list_snapshot_is_a_snapshot_of_current(btrfs_root, tmp_path):
     rig = Rig(tmp_path, backend="btrfs", root=btrfs_root)
     write(rig, "big", "x" * 100000)
     write(rig, "small", "s")
@@ -48,11 +48,7 @@ def test_a_btrfs_change_list_snapshot_is_a_snapshot_of_current(btrfs_root, tmp_p
 )
 @given(steps=st.lists(st.lists(OPERATIONS, min_size=1, max_size=4), min_size=1, max_size=3))
 def test_a_btrfs_change_list_makes_what_a_full_run_makes(btrfs_root, tmp_path_factory, steps):
-    racy = changelist.RACY_NS
-    changelist.RACY_NS = 0
     root = btrfs_root / tmp_path_factory.mktemp("x").name
     root.mkdir()
-    try:
+    with no_racy_window():
         check_steps(Rig(tmp_path_factory.mktemp("btrfs"), backend="btrfs", root=root), steps)
-    finally:
-        changelist.RACY_NS = racy

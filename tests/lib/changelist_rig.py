@@ -13,6 +13,7 @@ links or btrfs subvolumes, the file system.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from hypothesis import strategies as st
 
-from ansible_collections.linkdest.backup.plugins.module_utils import client, server_cli
+from ansible_collections.linkdest.backup.plugins.module_utils import changelist, client, server_cli
 from ansible_collections.linkdest.backup.plugins.module_utils import snapshots as snap
 
 RSYNC = shutil.which("rsync")
@@ -244,3 +245,16 @@ def check_steps(rig: Rig, steps) -> None:
         assert fingerprint(rig.area / by_list) == fingerprint(rig.area / by_full), step
         for name, before in history.items():
             assert inodes(rig.area / name) == before, (name, step)
+
+
+@contextlib.contextmanager
+def no_racy_window():
+    """Tests change files faster than a timestamp tick: with the real windows
+    every file would be racy and listed again, and a change list would never
+    skip anything (test_recent_changes_are_sent_again checks the windows)."""
+    saved = changelist.RACY_NS, changelist.RACY_COARSE_NS
+    changelist.RACY_NS = changelist.RACY_COARSE_NS = 0
+    try:
+        yield
+    finally:
+        changelist.RACY_NS, changelist.RACY_COARSE_NS = saved

@@ -17,18 +17,20 @@ def current(server) -> str:
     return server.run("readlink /media/backup_drive/c1/current").stdout.strip()
 
 
-def send_list(entries: str, base: str) -> str:
-    """A shell command sending a change list (printf format) for ``base``."""
-    return "printf %s | %s changes %s" % (shlex.quote(entries), SSH, base)
+def send_list(entries: bytes, base: str) -> str:
+    """A shell command sending ``entries`` (the raw list) as a change list for ``base``."""
+    write = "import sys; sys.stdout.buffer.write(bytes.fromhex(sys.argv[1]))"
+    return "python3 -c %s %s | %s changes %s" % (shlex.quote(write), entries.hex(), SSH, base)
 
 
 BAD_LISTS = [
-    ("a path with ..", "- ../c10/shared.txt\\0"),
-    ("an absolute path", "- /etc/passwd\\0"),
-    ("a path that climbs out in the middle", "f docs/../../../etc\\0"),
-    ("an empty part", "- docs//c1-notes.txt\\0"),
-    ("an unknown kind", "x shared.txt\\0"),
-    ("an entry cut short", "- shared.txt"),
+    ("a path with ..", b"- ../c10/shared.txt\0\0"),
+    ("an absolute path", b"- /etc/passwd\0\0"),
+    ("a path that climbs out in the middle", b"f docs/../../../etc\0\0"),
+    ("an empty part", b"- docs//c1-notes.txt\0\0"),
+    ("an unknown kind", b"x shared.txt\0\0"),
+    ("an entry cut short", b"- shared.txt"),
+    ("no end mark (a list abandoned half way)", b"- shared.txt\0"),
 ]
 
 
@@ -45,7 +47,7 @@ def test_a_bad_change_list_is_refused_and_changes_nothing(attack, c1, server, wo
 def test_a_huge_change_list_is_refused(attack, c1, server, world):
     # One entry more than the server takes, made on the laptop.
     make = (
-        "python3 -c 'import sys; sys.stdout.buffer.write(b\"- x\\0\" * 1000001)'"
+        'python3 -c \'import sys; sys.stdout.buffer.write(b"- x\\0" * 1000001 + b"\\0")\''
         " | %s changes %s" % (SSH, current(server))
     )
     attack.attempt(
@@ -58,7 +60,7 @@ def test_a_huge_change_list_is_refused(attack, c1, server, world):
 
 def test_a_base_that_is_not_current_asks_for_a_full_run(attack, c1, server, world):
     oldest = world["c1"]["snapshots"][0]
-    result = alice(c1, send_list("- shared.txt\\0", oldest))
+    result = alice(c1, send_list(b"- shared.txt\0\0", oldest))
     before_after = lib.fingerprint(server)
     problems = [] if result.rc == 76 and "full run needed" in result.output else ["not refused"]
     assert lib.fingerprint_diff(before_after, lib.fingerprint(server)) == []
@@ -121,9 +123,10 @@ def test_a_metadata_change_sent_outside_the_list_gets_a_new_inode(attack, c1, se
     assert lib.as_user(c1, "chmod 0640 %s/mode.txt" % lib.SOURCE).rc == 0
     result = alice(
         c1,
-        "printf '' | %s changes %s && printf 'mode.txt\\0' > %s/list"
+        "%s && printf 'mode.txt\\0' > %s/list"
         " && rsync -tpog --from0 --files-from=%s/list %s %s/ linkdest-server:changes/ </dev/null"
-        " && %s finalize 0 </dev/null" % (SSH, base, WORK, WORK, lib.RSYNC_SSH, lib.SOURCE, SSH),
+        " && %s finalize 0 </dev/null"
+        % (send_list(b"\0", base), WORK, WORK, lib.RSYNC_SSH, lib.SOURCE, SSH),
     )
     after = lib.fingerprint(server)
     new = result.output.split()[-1] if result.output.split() else ""

@@ -20,6 +20,7 @@ import hashlib
 import io
 import os
 import subprocess
+import types
 
 import pytest
 from changelist_rig import (
@@ -29,6 +30,7 @@ from changelist_rig import (
     check_steps,
     fingerprint,
     inodes,
+    no_racy_window,
     write,
 )
 from hypothesis import HealthCheck, given, settings
@@ -39,12 +41,9 @@ from ansible_collections.linkdest.backup.plugins.module_utils import snapshots a
 
 
 @pytest.fixture
-def rig(tmp_path, monkeypatch):
-    # These tests change files faster than a timestamp tick: with the real
-    # window every file would be "racy" and listed again, and the change list
-    # would never skip anything. test_recent_changes_are_sent_again checks it.
-    monkeypatch.setattr(changelist, "RACY_NS", 0)
-    return Rig(tmp_path)
+def rig(tmp_path):
+    with no_racy_window():
+        yield Rig(tmp_path)
 
 
 # --- the list format and the server's side ---------------------------------------
@@ -56,17 +55,19 @@ def test_encode_and_decode_round_trip_odd_names():
 
 
 @pytest.mark.parametrize(
-    "data",
+    ("data", "reason"),
     [
-        b"f ../etc/passwd\0",
-        b"f /etc/passwd\0",
-        b"f a/../../x\0",
-        b"f a//b\0",
-        b"f \0",
-        b"x a\0",
-        b"fa\0",
-        b"f a",  # no terminator
-        b"f " + b"a" * 5000 + b"\0",
+        (b"f ../etc/passwd\0\0", "refused path"),
+        (b"f /etc/passwd\0\0", "refused path"),
+        (b"f a/../../x\0\0", "refused path"),
+        (b"f a//b\0\0", "refused path"),
+        (b"f \0\0", "refused path"),
+        (b"x a\0\0", "malformed"),
+        (b"fa\0\0", "malformed"),
+        (b"f a", "before its end mark"),
+        (b"f a\0", "before its end mark"),
+        (b"f a\0\0f b\0\0", "after its end mark"),
+        (b"f " + b"a" * 5000 + b"\0\0", "refused path|too long"),
     ],
     ids=[
         "dotdot",
@@ -77,17 +78,19 @@ def test_encode_and_decode_round_trip_odd_names():
         "kind",
         "no-space",
         "cut",
+        "abandoned",
+        "after-the-end",
         "long",
     ],
 )
-def test_decode_refuses_paths_outside_and_malformed_lists(data):
-    with pytest.raises(changelist.ChangeListError):
+def test_decode_refuses_paths_outside_and_malformed_lists(data, reason):
+    with pytest.raises(changelist.ChangeListError, match=reason):
         list(changelist.decode(io.BytesIO(data)))
 
 
 def test_decode_limits_the_number_of_entries():
     with pytest.raises(changelist.ChangeListError, match="more than 3 entries"):
-        list(changelist.decode(io.BytesIO(b"f a\0" * 4), limit=3))
+        list(changelist.decode(io.BytesIO(b"f a\0" * 4 + b"\0"), limit=3))
 
 
 def test_apply_removals_never_follows_a_symlinked_parent(tmp_path):
@@ -222,13 +225,28 @@ def test_an_mtime_preserving_edit_is_caught_by_ctime(rig):
     assert (rig.area / first / "f").read_text() == "12345"
 
 
-def test_recent_changes_are_sent_again(tmp_path, monkeypatch):
-    rig = Rig(tmp_path)  # the real window
-    write(rig, "f", "x")
-    rig.backup()
-    record = changelist.load_record(os.path.join(rig.settings.state_dir, client.RECORD_FILE))
-    # Written a moment ago: its ctime is not trusted, so the next list has it.
-    assert record.entries["f"].split()[3] == "-1"
+def test_recent_changes_are_sent_again(tmp_path):
+    path = tmp_path / "f"
+    path.write_text("x")
+    st_ = os.stat(path)
+    fine = st_.st_ctime_ns % 10**9 != 0
+    # Stamped a moment before the walk: the ctime is not trusted, the record
+    # can never equal the next walk's, so the file is sent again.
+    assert changelist.record_of(st_, st_.st_ctime_ns + 10**6).split()[3] == "-1"
+    later = st_.st_ctime_ns + (10**9 if fine else 3 * 10**9)
+    assert changelist.record_of(st_, later).split()[3] == str(st_.st_ctime_ns)
+    # Whole-second times (FAT, HFS+): two seconds of doubt.
+    coarse = types.SimpleNamespace(
+        st_mode=st_.st_mode,
+        st_size=1,
+        st_ino=st_.st_ino,
+        st_uid=0,
+        st_gid=0,
+        st_mtime_ns=5 * 10**9,
+        st_ctime_ns=5 * 10**9,
+    )
+    assert changelist.record_of(coarse, 6 * 10**9).split()[3] == "-1"
+    assert changelist.record_of(coarse, 8 * 10**9).split()[3] == str(5 * 10**9)
 
 
 def test_fallbacks_to_a_full_run(rig):
@@ -273,12 +291,8 @@ def test_an_interrupted_run_is_resumed_by_a_full_run(rig):
 )
 @given(steps=st.lists(st.lists(OPERATIONS, min_size=1, max_size=4), min_size=1, max_size=4))
 def test_a_change_list_makes_what_a_full_run_makes(tmp_path_factory, steps):
-    changelist_racy = changelist.RACY_NS
-    changelist.RACY_NS = 0
-    try:
+    with no_racy_window():
         check_steps(Rig(tmp_path_factory.mktemp("prop")), steps)
-    finally:
-        changelist.RACY_NS = changelist_racy
 
 
 def test_copy_links_follows_symlinks_and_sees_their_targets_change(rig, tmp_path):

@@ -53,6 +53,11 @@ MAX_PATH_BYTES = 4096
 # file system whose times are whole seconds (FAT, HFS+) gets the longer window.
 RACY_NS = 50 * 10**6
 RACY_COARSE_NS = 2 * 10**9
+# rsync's last pass over directory times compares whole seconds: a directory
+# it writes into within the second of the directory's own mtime may keep the
+# receiver's time. Such a directory is listed again by the next run, which
+# sets the time right (full runs list every directory every time).
+RACY_DIR_NS = 1100 * 10**6
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -336,6 +341,8 @@ def record_of(st: os.stat_result, started_ns: int) -> str:
     """What a path's record holds, as text: equal text means unchanged."""
     ctime = st.st_ctime_ns
     window = RACY_COARSE_NS if ctime % 10**9 == 0 else RACY_NS
+    if stat.S_ISDIR(st.st_mode):
+        window = max(window, RACY_DIR_NS)
     if max(st.st_mtime_ns, ctime) >= started_ns - window:
         ctime = -1  # changed too recently to trust: never equal, sent again
     return "%s %d %d %d %d %o %d %d" % (

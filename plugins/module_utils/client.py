@@ -102,6 +102,16 @@ class Plan:
     list_file: str = ""
     include_file: str = ""
     sent_files: int = 0
+    # Seconds per step, for the log: where a run's time went.
+    steps: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def timed(self, step: str):
+        began = time.monotonic()
+        try:
+            yield
+        finally:
+            self.steps[step] = self.steps.get(step, 0.0) + time.monotonic() - began
 
 
 class Finished(Exception):
@@ -572,14 +582,18 @@ class Linkdest:
                 # until this run finishes: a run that fails is followed by a
                 # full one.
                 changelist.forget_record(self.record_file)
-                code = self._transfer(master, plan)
-                snapshot = self._finalize(master, code)
+                with plan.timed("transfer"):
+                    code = self._transfer(master, plan)
+                with plan.timed("finalize"):
+                    snapshot = self._finalize(master, code)
         finally:
             for path in (plan.list_file, plan.include_file):
                 if path:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(path)
-        self._remember(plan, snapshot, code)
+        with plan.timed("record"):
+            self._remember(plan, snapshot, code)
+        self.log("took: " + ", ".join("%s %.2f s" % item for item in plan.steps.items()))
         self.say("snapshot %s finished" % snapshot)
         self.ping_health("success")
         values = self.status.read()
@@ -638,8 +652,9 @@ class Linkdest:
         current take shape while the laptop walks. The list follows when the
         walk is done; a run that turns out to need everything abandons it.
         """
-        record, reason = self._record_for_changes(full)
-        plan = Plan(kind=FULL, reason=reason)
+        plan = Plan(kind=FULL)
+        with plan.timed("reading the record"):
+            record, plan.reason = self._record_for_changes(full)
         try:
             excludes = changelist.Excludes(self.settings.excludes)
         except changelist.Unsupported as exc:
@@ -647,11 +662,12 @@ class Linkdest:
             return plan
         preparing = self._start_changes(master, record.snapshot) if record else None
         try:
-            plan.walk = changelist.walk(
-                self.settings.source, excludes, self.settings.copy_links, time.time_ns()
-            )
-            if record is not None:
-                plan.listed, plan.reason = self._changes_since(record, plan.walk)
+            with plan.timed("walk"):
+                plan.walk = changelist.walk(
+                    self.settings.source, excludes, self.settings.copy_links, time.time_ns()
+                )
+                if record is not None:
+                    plan.listed, plan.reason = self._changes_since(record, plan.walk)
         except changelist.Unsupported as exc:
             plan.walk, plan.listed, plan.reason = None, [], "%s" % exc
         except BaseException:
@@ -659,7 +675,9 @@ class Linkdest:
                 plan.reason = "the walk failed"
                 self._finish_changes(preparing, plan)
             raise
-        if preparing is not None and self._finish_changes(preparing, plan):
+        with plan.timed("waiting for the server's clone"):
+            ready = preparing is not None and self._finish_changes(preparing, plan)
+        if ready:
             plan.kind, plan.record = CHANGES, record
             self._write_rsync_lists(plan)
         return plan

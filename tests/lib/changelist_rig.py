@@ -252,9 +252,9 @@ def no_racy_window():
     """Tests change files faster than a timestamp tick: with the real windows
     every file would be racy and listed again, and a change list would never
     skip anything (test_recent_changes_are_sent_again checks the windows)."""
-    saved = changelist.RACY_NS, changelist.RACY_COARSE_NS
-    changelist.RACY_NS = changelist.RACY_COARSE_NS = 0
+    saved = changelist.RACY_NS, changelist.RACY_COARSE_NS, changelist.RACY_DIR_NS
+    changelist.RACY_NS = changelist.RACY_COARSE_NS = changelist.RACY_DIR_NS = 0
     try:
         yield
     finally:
-        changelist.RACY_NS, changelist.RACY_COARSE_NS = saved
+        changelist.RACY_NS, changelist.RACY_COARSE_NS, changelist.RACY_DIR_NS = saved

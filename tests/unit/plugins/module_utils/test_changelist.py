@@ -27,6 +27,7 @@ from changelist_rig import (
     OPERATIONS,
     RSYNC,
     Rig,
+    age_directories,
     check_steps,
     fingerprint,
     inodes,
@@ -305,6 +306,9 @@ def test_copy_links_follows_symlinks_and_sees_their_targets_change(rig, tmp_path
     (rig.source / "file-link").symlink_to(outside / "file")
     (rig.source / "dir-link").symlink_to(outside / "dir")
     rig.settings.copy_links = True
+    # Directory times a second old at least (see age_directories).
+    age_directories(outside)
+    age_directories(rig.source)
     first, kind = rig.backup()
     assert kind == "full"
     (outside / "file").write_text("v2")
@@ -341,3 +345,10 @@ def test_a_top_level_change_keeps_the_folders_own_time(rig):
     assert (rig.area / second / "other.txt").stat().st_ino == (
         rig.area / rig.finished()[0] / "other.txt"
     ).stat().st_ino
+
+
+def test_a_directory_changed_within_the_second_is_listed_again(tmp_path):
+    (tmp_path / "d").mkdir()
+    st_ = os.stat(tmp_path / "d")
+    assert changelist.record_of(st_, st_.st_ctime_ns + 5 * 10**8).split()[3] == "-1"
+    assert changelist.record_of(st_, st_.st_ctime_ns + 2 * 10**9).split()[3] != "-1"

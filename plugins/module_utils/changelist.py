@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import re
+import select
 import shutil
 import stat
 from collections.abc import Iterable, Iterator
@@ -99,6 +100,21 @@ def encode(entries: Iterable[tuple[str, str]]) -> bytes:
         )
         + END
     )
+
+
+class TimedReader:
+    """A pipe read with an idle limit: a laptop that stops sending its list
+    (asleep, gone, or never meaning to) does not hold the area's lock."""
+
+    def __init__(self, stream, timeout: float):
+        self.fd = stream.fileno()
+        self.timeout = timeout
+
+    def read(self, size: int) -> bytes:
+        ready, _w, _x = select.select([self.fd], [], [], self.timeout)
+        if not ready:
+            raise ChangeListError("no change list data for %d s" % self.timeout)
+        return os.read(self.fd, size)
 
 
 def decode(stream, limit: int = MAX_ENTRIES) -> Iterator[tuple[str, str]]:
@@ -209,7 +225,10 @@ def apply_removals(
 
 # --- the laptop: rsync's exclude patterns, mirrored ----------------------------
 
-_UNSUPPORTED_PATTERN = re.compile(r"^[-+!] |^!$|\[\[?:|^\s*$")
+# Rule prefixes, "!", bracket classes and backslash escapes: rsync's own
+# matching of those has corners (classes never match "/", "[!]]", escapes
+# only in wildcard patterns) not worth mirroring for a rare exclude.
+_UNSUPPORTED_PATTERN = re.compile(r"^[-+!] |^!$|[\[\\]|^\s*$")
 
 
 @dataclass(frozen=True)
@@ -221,45 +240,27 @@ class _Rule:
 
 def _translate(pattern: str) -> str:
     """rsync's wildcards as a regex: * and ? stop at "/", ** does not."""
-    out = []
-    index = 0
-    while index < len(pattern):
-        char = pattern[index]
-        if pattern.startswith("**", index):
-            out.append(".*")
-            index += 2
-            continue
-        if char == "*":
-            out.append("[^/]*")
-        elif char == "?":
-            out.append("[^/]")
-        elif char == "\\" and index + 1 < len(pattern):
-            index += 1
-            out.append(re.escape(pattern[index]))
-        elif char == "[":
-            end = pattern.find("]", index + 2)
-            if end < 0:
-                out.append(re.escape(char))
-            else:
-                body = pattern[index + 1 : end]
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append("[" + body.replace("\\", "\\\\") + "]")
-                index = end
-        else:
-            out.append(re.escape(char))
-        index += 1
-    return "".join(out)
+    return "".join(
+        ".*"
+        if part == "**"
+        else "[^/]*"
+        if part == "*"
+        else "[^/]"
+        if part == "?"
+        else re.escape(part)
+        for part in re.split(r"(\*\*|\*|\?)", pattern)
+        if part
+    )
 
 
 class Excludes:
     """rsync's ``--exclude=PATTERN`` rules, as the laptop's walk applies them.
 
-    Supported: ``*``, ``**``, ``?``, ``[...]``, a leading ``/`` (anchored at
-    the folder), a trailing ``/`` (directories only), ``dir/***`` and
-    backslash escapes. Anything else (rule prefixes such as ``+ ``, ``!``,
-    character classes like ``[[:alpha:]]``) raises Unsupported: such a
-    laptop makes full runs, where rsync itself applies the patterns.
+    Supported: ``*``, ``**``, ``?``, a leading ``/`` (anchored at the
+    folder), a trailing ``/`` (directories only) and ``dir/***``. Anything
+    else (rule prefixes such as ``+ ``, ``!``, ``[...]`` classes, backslash
+    escapes) raises Unsupported: such a laptop makes full runs, where rsync
+    itself applies the patterns.
     """
 
     def __init__(self, patterns: Iterable[str]):
@@ -365,7 +366,10 @@ def walk(source: str, excludes: Excludes, follow_links: bool, started_ns: int) -
     An unreadable directory raises Unsupported too.
     """
     result = Walk()
-    root_st = os.stat(source) if follow_links else os.lstat(source)
+    try:
+        root_st = os.stat(source) if follow_links else os.lstat(source)
+    except OSError as exc:
+        raise Unsupported("cannot read %s: %s" % (source, exc.strerror)) from None
     result.entries["."] = record_of(root_st, started_ns)
     result.kinds["."] = "d"
     pending = [("", source, {(root_st.st_dev, root_st.st_ino)})]
@@ -383,6 +387,10 @@ def walk(source: str, excludes: Excludes, follow_links: bool, started_ns: int) -
                 if follow_links and item.is_symlink():
                     raise Unsupported("the symlink %s points nowhere" % path) from None
                 continue  # vanished since the listing
+            except OSError as exc:
+                # A symlink loop, a name too long, a disk error: rsync
+                # reports those itself, in a full run.
+                raise Unsupported("cannot read %s: %s" % (path, exc.strerror)) from None
             is_dir = stat.S_ISDIR(st.st_mode)
             if excludes.excluded(path, item.name, is_dir):
                 continue

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
+import traceback
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -237,13 +237,18 @@ def parse_time(text: str) -> str:
 
 
 def relative_to_source(path: str, source: str, cwd: str | None = None) -> str:
-    """PATH (absolute, or relative to the current directory) as a path inside
-    the backed-up folder; "." for the folder itself."""
-    full = os.path.normpath(os.path.join(cwd or os.getcwd(), path))
-    if full == source:
-        return "."
-    if full.startswith(source.rstrip("/") + "/"):
-        return full[len(source.rstrip("/")) + 1 :]
+    """PATH (absolute, or relative to the current directory, reached through
+    symlinks or not) as a path inside the backed-up folder; "." for the
+    folder itself."""
+    given = os.path.normpath(os.path.join(cwd or os.getcwd(), path))
+    # The parents resolved, the last name kept: a symlink in the folder is
+    # restored as the symlink it is.
+    full = os.path.join(os.path.realpath(os.path.dirname(given)), os.path.basename(given))
+    for top in (source, os.path.realpath(source)):
+        if full == top:
+            return "."
+        if full.startswith(top.rstrip("/") + "/"):
+            return full[len(top.rstrip("/")) + 1 :]
     raise ValueError("%s is not inside the backed-up folder %s" % (path, source))
 
 
@@ -408,7 +413,7 @@ class Linkdest:
                 with opener.open(url, timeout=HEALTHCHECK_TIMEOUT) as response:
                     response.read()
                 return
-            except (urllib.error.URLError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - URLError, HTTPException, bad URL
                 error = exc
                 if attempt + 1 < HEALTHCHECK_ATTEMPTS:
                     time.sleep(1)
@@ -544,6 +549,9 @@ class Linkdest:
                 self._backup_locked(full)
             except Finished as finished:
                 return finished.code
+            except Exception as exc:  # noqa: BLE001 - a backup must never fail silently
+                self.log(traceback.format_exc().rstrip())
+                return self.fail(1, "linkdest failed unexpectedly: %r (see the log)" % exc).code
         return 0
 
     def _backup_locked(self, full: bool) -> None:
@@ -578,10 +586,9 @@ class Linkdest:
                     if plan.kind == CHANGES
                     else "sending everything (full run: %s)" % plan.reason
                 )
-                # From here on the record no longer says what current holds
-                # until this run finishes: a run that fails is followed by a
-                # full one.
-                changelist.forget_record(self.record_file)
+                # The record stays until this run finishes: if it fails, the
+                # server refuses a list against it (current is unchanged, or
+                # an interrupted run waits) and the next run is a full one.
                 with plan.timed("transfer"):
                     code = self._transfer(master, plan)
                 with plan.timed("finalize"):
@@ -729,8 +736,11 @@ class Linkdest:
             return True
         if plan.reason == "":
             lines = (said or b"").decode("utf-8", "replace").strip().splitlines()
-            plan.reason = "the server asked for it (%s)" % (
-                lines[-1] if lines else "exit %d" % preparing.returncode
+            said_last = lines[-1] if lines else "exit %d" % preparing.returncode
+            plan.reason = (
+                "the server could not be asked for a change list (%s)" % said_last
+                if preparing.returncode == 255
+                else "the server asked for it (%s)" % said_last
             )
         plan.listed = []
         return False
@@ -774,12 +784,18 @@ class Linkdest:
         missing from the snapshot, so the next run is a full one.
         """
         if code != 0 or plan.walk is None:
+            changelist.forget_record(self.record_file)
             return
         full_epoch = plan.record.full_epoch if plan.kind == CHANGES else int(time.time())
-        changelist.save_record(
-            self.record_file,
-            changelist.Record(snapshot, self.settings_digest(), full_epoch, plan.walk.entries),
-        )
+        try:
+            changelist.save_record(
+                self.record_file,
+                changelist.Record(snapshot, self.settings_digest(), full_epoch, plan.walk.entries),
+            )
+        except OSError as exc:
+            # The snapshot is finished all the same; the next run is a full one.
+            self.say("warning: could not record what %s holds: %s" % (snapshot, exc))
+            changelist.forget_record(self.record_file)
 
     def master_options(self, master: str) -> list[str]:
         """ssh options that open the run's master connection, or reuse it."""

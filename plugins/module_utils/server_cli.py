@@ -327,7 +327,11 @@ def _clone_current(config: Config, area: str, base: str, backend: str) -> str:
     if backend == "btrfs":
         # The new subvolume's top starts private (0700); the listed paths may
         # not include the folder itself, so it takes current's top as it was.
-        _copy_top_attributes(os.path.join(area, base), os.path.join(area, incoming.name))
+        try:
+            _copy_top_attributes(os.path.join(area, base), os.path.join(area, incoming.name))
+        except OSError:
+            snap.delete_snapshot(area, incoming.name, privileged=ask_root(config))
+            raise
     else:
         result = subprocess.run(
             ["cp", "-al", "--", base + "/.", incoming.name + "/"],
@@ -372,7 +376,8 @@ def _gate_changes(config: Config, client: str, area: str, request, stdin=None) -
     if refusal is not None:
         return refusal
     backend = config.backend_of(client)
-    stdin = sys.stdin.buffer if stdin is None else stdin
+    if stdin is None:
+        stdin = changelist.TimedReader(sys.stdin.buffer, config.timeout)
     try:
         with snap.area_lock(area, wait=RECEIVE_LOCK_WAIT):
             snap.finish_deletions(area)
@@ -390,7 +395,12 @@ def _gate_changes(config: Config, client: str, area: str, request, stdin=None) -
                 _log(client, "full run needed: %s" % why)
                 sys.stderr.write("linkdest-server: full run needed: %s\n" % why)
                 return EXIT_FULL_RUN_NEEDED
-            name = _clone_current(config, area, base.name, backend)
+            try:
+                name = _clone_current(config, area, base.name, backend)
+            except (snap.SnapshotError, subvolumes.SubvolumeError, OSError) as exc:
+                _log(client, "full run needed: could not clone %s: %s" % (base.name, exc))
+                sys.stderr.write("linkdest-server: full run needed: could not clone: %s\n" % exc)
+                return EXIT_FULL_RUN_NEEDED
             try:
                 counts = changelist.apply_removals(
                     os.path.join(area, name),

@@ -174,6 +174,10 @@ def _open_parent(root_fd: int, path: str) -> tuple[int, str] | None:
             os.close(fd)
 
 
+def _forget_time(fd: int) -> None:
+    os.utime(fd, ns=(0, 0))
+
+
 def _remove(parent_fd: int, name: str, st: os.stat_result) -> None:
     if stat.S_ISDIR(st.st_mode):
         shutil.rmtree(name, dir_fd=parent_fd)
@@ -187,7 +191,10 @@ def apply_removals(
     """Make room in a fresh clone of ``current`` for what the laptop sends.
 
     Gone paths leave, whatever they are. A path that is a directory on the
-    laptop keeps its directory (its unlisted contents stay). Every other
+    laptop keeps its directory (its unlisted contents stay), with its time
+    set to 1970: rsync takes times within the same second as equal, so a
+    directory time an earlier run left a fraction off is set right only if
+    it differs by more. (The clone's directories are its own, never shared.) Every other
     listed path is removed, so the receiver writes it anew: with hard links
     the old file is an inode finished snapshots share and must not be
     written. ``keep_files`` (btrfs, where the clone's files are its own)
@@ -199,6 +206,7 @@ def apply_removals(
         for kind, path in entries:
             counts["listed"] += 1
             if path == ".":
+                _forget_time(root_fd)
                 continue
             opened = _open_parent(root_fd, path)
             if opened is None:
@@ -211,6 +219,7 @@ def apply_removals(
                     continue
                 is_dir = stat.S_ISDIR(st.st_mode)
                 if kind == KIND_DIR and is_dir:
+                    os.utime(name, ns=(0, 0), dir_fd=parent_fd, follow_symlinks=False)
                     continue
                 if kind == KIND_OTHER and keep_files and not is_dir:
                     continue

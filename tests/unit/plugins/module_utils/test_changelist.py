@@ -393,3 +393,22 @@ def test_a_list_that_never_comes_frees_the_lock(tmp_path):
                 list(changelist.decode(reader))
         finally:
             os.close(write_end)
+
+
+def test_a_listed_directory_gets_its_exact_time_back(rig):
+    """rsync 3.2 takes directory times within one second as equal: a clone
+    directory a fraction of a second off must still get the laptop's time
+    (rsync 3.5, here, compares nanoseconds: this guards the 1970 reset on
+    the servers that run 3.2, where molecule caught it)."""
+    (rig.source / "d").mkdir()
+    write(rig, "d/f", "x")
+    os.utime(rig.source / "d", ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    first, _kind = rig.backup()
+    # An earlier run left the time a fraction off (as rsync can, writing into
+    # a directory within the second of its mtime).
+    os.utime(rig.area / first / "d", ns=(1_700_000_000_500_000_000,) * 2)
+    write(rig, "d/g", "new")
+    os.utime(rig.source / "d", ns=(1_700_000_000_100_000_000,) * 2)
+    second, kind = rig.backup()
+    assert kind == "changes"
+    assert os.stat(rig.area / second / "d").st_mtime_ns == 1_700_000_000_100_000_000

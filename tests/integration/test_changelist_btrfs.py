@@ -11,7 +11,14 @@ from __future__ import annotations
 import os
 
 import pytest
-from changelist_rig import OPERATIONS, Rig, check_steps, no_racy_window, write
+from changelist_rig import (
+    OPERATIONS,
+    Rig,
+    age_directories,
+    check_steps,
+    no_racy_window,
+    write,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_btrfs_library import _btrfs_drive
@@ -27,18 +34,21 @@ def btrfs_root(tmp_path):
 @no_racy_window()
 def test_a_btrfs_change_list_snapshot_is_a_snapshot_of_current(btrfs_root, tmp_path):
     rig = Rig(tmp_path, backend="btrfs", root=btrfs_root)
-    write(rig, "big", "x" * 100000)
-    write(rig, "small", "s")
+    (rig.source / "docs").mkdir()
+    write(rig, "docs/big", "x" * 100000)
+    write(rig, "docs/small", "s")
+    age_directories(rig.source)
     first, kind = rig.backup()
     assert kind == "full"
-    os.chmod(rig.source / "small", 0o600)
+    os.chmod(rig.source / "docs" / "small", 0o600)
     second, kind = rig.backup()
     assert kind == "changes"
     assert subvolumes.is_subvolume(str(rig.area / second))
-    # The folder's top keeps current's mode and times though it was not listed.
+    # The new subvolume's top starts private (0700); unlisted, it takes
+    # current's mode and times.
     assert os.stat(rig.area / second).st_mode == os.stat(rig.area / first).st_mode
-    assert os.stat(rig.area / second).st_mtime_ns == os.stat(rig.area / first).st_mtime_ns
-    assert (rig.area / first / "small").stat().st_mode & 0o777 == 0o644
+    assert os.stat(rig.area / second).st_mtime_ns == os.stat(rig.source).st_mtime_ns
+    assert (rig.area / first / "docs" / "small").stat().st_mode & 0o777 == 0o644
 
 
 @settings(

@@ -84,7 +84,7 @@ def setup(files: int, mib: int) -> None:
         run("useradd", "--system", "--no-create-home", "--shell", "/bin/sh", ACCOUNT)
     with open(LAUNCHER, "w", encoding="utf-8") as handle:
         handle.write(
-            "#!/usr/bin/python3\nimport sys\nsys.path.insert(0, %r)\n"
+            "#!/usr/bin/python3 -IS\nimport sys\nsys.path.insert(0, %r)\n"
             "from ansible_collections.linkdest.backup.plugins.module_utils import server_cli\n"
             "sys.exit(server_cli.main())\n" % (REPO + "/collections")
         )

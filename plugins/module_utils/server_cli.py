@@ -22,17 +22,14 @@ import sys
 import syslog
 from datetime import datetime, timedelta, timezone
 
-from ansible_collections.linkdest.backup.plugins.module_utils import (
-    changelist,
-    codes,
-    health,
-    retention,
-    scrub,
-    subvolumes,
-)
+from ansible_collections.linkdest.backup.plugins.module_utils import codes, retention, subvolumes
 from ansible_collections.linkdest.backup.plugins.module_utils import gate as gate_lib
-from ansible_collections.linkdest.backup.plugins.module_utils import manifest as mf
 from ansible_collections.linkdest.backup.plugins.module_utils import snapshots as snap
+
+# Every ssh session of a laptop starts this program: the modules only some
+# verbs need (the change list, manifests and verification, health checks) are
+# imported in the functions that use them, which halves the gate's start-up.
+MANIFEST_MODULE = "ansible_collections.linkdest.backup.plugins.module_utils.manifest"
 
 CONFIG_PATH = "/etc/linkdest/server.json"
 RECEIVED_MARKER = ".linkdest-received"
@@ -372,6 +369,8 @@ def _gate_changes(config: Config, client: str, area: str, request, stdin=None) -
     laptop sends everything. The list is read and applied under the area's
     lock; a bad list discards the clone and changes nothing else.
     """
+    from ansible_collections.linkdest.backup.plugins.module_utils import changelist
+
     refusal = _receive_refusal(config, client)
     if refusal is not None:
         return refusal
@@ -483,6 +482,9 @@ def _make_manifest(config: Config, client: str, name: str) -> None:
     finished whatever happens here: a failure warns, and root's daily
     ``manifest --all`` makes the missing manifest later.
     """
+    from ansible_collections.linkdest.backup.plugins.module_utils import manifest as mf
+    from ansible_collections.linkdest.backup.plugins.module_utils import scrub
+
     if os.geteuid() == 0:
         try:
             scrub.make_manifest(config.root, client, name)
@@ -659,6 +661,9 @@ def _gate_manifest(config: Config, client: str, area: str, request) -> int:
 
 def show_manifest(config: Config, client: str, name: str) -> int:
     """Print one trusted manifest, after a line of what verify last found for it."""
+    from ansible_collections.linkdest.backup.plugins.module_utils import manifest as mf
+    from ansible_collections.linkdest.backup.plugins.module_utils import scrub
+
     manifest = mf.load(config.root, client, name)
     state = scrub.read_state(config.state_dir)
     facts = scrub.verification_of(config.root, client, [name], state)[name]
@@ -878,6 +883,8 @@ def _adopt_tree(area_fd: int, top: str, uid: int, gid: int, dry_run: bool, xattr
 
 
 def cmd_adopt(config: Config, client: str, dry_run: bool = False) -> int:
+    from ansible_collections.linkdest.backup.plugins.module_utils import scrub
+
     area = config.area(client)
     account = pwd.getpwnam(config.clients[client])
     adopted = adopt_area(area, account.pw_uid, account.pw_gid, dry_run)
@@ -932,6 +939,8 @@ def run_alert(config: Config, event: str, message: str) -> None:
 
 def cmd_check(config: Config, quiet: bool = False) -> int:
     """What the laptops cannot report: stale laptops, a stale mirror, a full drive."""
+    from ansible_collections.linkdest.backup.plugins.module_utils import health, scrub
+
     areas = [health.area_facts(config.root, client) for client in sorted(config.clients)]
     drive = health.drive_facts(config.root)
     mirror_last = _mirror_last_success()
@@ -1047,6 +1056,8 @@ def cmd_manifest(
     finalize holds). A manifest that is already there and trusted is never
     rewritten, so the account cannot bless content changed after the fact.
     """
+    from ansible_collections.linkdest.backup.plugins.module_utils import scrub
+
     if os.geteuid() != 0:
         raise gate_lib.GateRefused("manifest: only root runs this (laptops through sudo)")
     client = _sudo_client(config, "manifest")
@@ -1115,6 +1126,8 @@ def cmd_verify(
     Each drive keeps a cursor: a run goes on where the last one stopped and,
     without --sample or --max-time, to the end of the drive (a full pass).
     """
+    from ansible_collections.linkdest.backup.plugins.module_utils import scrub
+
     if os.geteuid() != 0:
         raise gate_lib.GateRefused("verify: only root runs this")
     out = (lambda text: None) if quiet else (lambda text: sys.stdout.write(text + "\n"))
@@ -1332,12 +1345,14 @@ def main(argv: list[str] | None = None) -> int:
                 config.stale_after_hours = args.stale_after_hours
             return cmd_check(config, quiet=args.quiet)
         return _print_list(config.area(args.client), usage=args.usage)
-    except (
-        snap.SnapshotError,
-        gate_lib.GateRefused,
-        subvolumes.SubvolumeError,
-        mf.ManifestError,
-        OSError,
-    ) as exc:
+    except _reported_errors() as exc:
         sys.stderr.write("linkdest-server: %s\n" % exc)
         return 1
+
+
+def _reported_errors() -> tuple[type[Exception], ...]:
+    """The errors main reports in one line (evaluated only when one is raised:
+    the manifest's error exists once its module has been imported)."""
+    errors = (snap.SnapshotError, gate_lib.GateRefused, subvolumes.SubvolumeError, OSError)
+    manifest = sys.modules.get(MANIFEST_MODULE)
+    return errors + (manifest.ManifestError,) if manifest else errors

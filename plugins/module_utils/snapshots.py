@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import functools
@@ -211,9 +210,13 @@ _AT_FDCWD = -100
 
 @functools.lru_cache(maxsize=1)
 def _libc():
-    # find_library runs a helper process: look it up once per process.
-    name = ctypes.util.find_library("c")
-    return ctypes.CDLL(name, use_errno=True) if name else None
+    # The C library is already loaded into the process: its symbols need no
+    # search (ctypes.util.find_library would run ldconfig, a helper process,
+    # on every finalize).
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
 
 
 def rename_noreplace(src: str, dst: str) -> None:

@@ -21,6 +21,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import shutil
 import stat
 import struct
@@ -61,18 +62,44 @@ def _run(*args: str) -> str:
     return result.stdout
 
 
+MOUNTINFO = "/proc/self/mountinfo"
+
+
 def filesystem_type(path: str) -> str:
-    """The kernel's name for the file system holding ``path`` (``btrfs``, ``ext2/ext3``...)."""
-    result = subprocess.run(
-        ["stat", "--file-system", "--format=%T", "--", path],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise SubvolumeError("cannot read the file system of %s: %s" % (path, result.stderr))
-    return result.stdout.strip()
+    """The kernel's name for the file system holding ``path`` (``btrfs``, ``ext4``...).
+
+    Read from the mount table (the mount point that is the longest prefix of
+    the path's real location): a btrfs subvolume has a device number of its
+    own, so the device cannot be matched, and a ``stat --file-system``
+    process per question costs more than the question is worth.
+    """
+    real = os.path.realpath(path)
+    try:
+        os.stat(real)
+        with open(MOUNTINFO, "rb") as handle:
+            table = handle.read().decode("utf-8", "surrogateescape")
+    except OSError as exc:
+        raise SubvolumeError("cannot read the file system of %s: %s" % (path, exc)) from exc
+    best, kind = "", ""
+    for line in table.splitlines():
+        fields = line.split(" ")
+        if "-" not in fields[6:]:
+            continue
+        point = _unescape_mount_point(fields[4])
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            # Later lines stack over earlier ones at the same mount point.
+            best, kind = point, fields[fields.index("-", 6) + 1]
+    if not kind:
+        raise SubvolumeError("cannot read the file system of %s: no mount holds it" % path)
+    return kind
+
+
+def _unescape_mount_point(field: str) -> str:
+    """The kernel writes space, tab, newline and backslash in octal (\\040)."""
+    if "\\" not in field:
+        return field
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
 
 
 def is_btrfs(path: str) -> bool:

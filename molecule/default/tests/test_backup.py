@@ -206,7 +206,7 @@ def test_rendered_linkdest_is_settings_and_a_call(laptop_a):
     assert launcher.mode == 0o755
     assert launcher.user == "root"
     script = launcher.content_string
-    assert script.startswith("#!/usr/bin/python3 -I\n")
+    assert script.startswith("#!/usr/bin/python3 -IS\n")
     assert '"source": "%s",' % lib.SOURCE in script
     parse = "import ast, sys; ast.parse(open(sys.argv[1]).read())"
     assert laptop_a.run("python3 -c %s /usr/local/bin/linkdest" % shlex.quote(parse)).rc == 0

@@ -292,3 +292,38 @@ def test_the_ioctl_arguments_carry_one_plain_name():
     for bad in ("", ".", "..", "a/b", "x" * 4040):
         with pytest.raises(subvolumes.SubvolumeError):
             subvolumes._vol_args_v2(bad)
+
+
+MOUNTS = (
+    "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
+    "30 22 0:40 / /srv rw shared:1 - tmpfs tmpfs rw\n"
+    "31 30 0:41 / /srv/backup\\040drive rw - btrfs /dev/loop0 rw\n"
+    "32 30 0:42 / /srv/backup rw - xfs /dev/sdb1 rw\n"
+    "33 32 0:43 / /srv/backup rw - btrfs /dev/loop1 rw\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        ("/", "ext4"),
+        ("/srv", "tmpfs"),
+        ("/srv/backup drive/laptop", "btrfs"),
+        # The later mount at the same point is the one on top.
+        ("/srv/backup", "btrfs"),
+        # A common prefix of names is not a parent.
+        ("/srv/backupx", "tmpfs"),
+    ],
+)
+def test_the_file_system_comes_from_the_mount_table(tmp_path, monkeypatch, path, kind):
+    table = tmp_path / "mountinfo"
+    table.write_text(MOUNTS)
+    monkeypatch.setattr(subvolumes, "MOUNTINFO", str(table))
+    monkeypatch.setattr(os.path, "realpath", lambda p: p)
+    monkeypatch.setattr(os, "stat", lambda p: None)
+    assert subvolumes.filesystem_type(path) == kind
+
+
+def test_a_missing_path_has_no_file_system(tmp_path):
+    with pytest.raises(subvolumes.SubvolumeError, match="cannot read the file system"):
+        subvolumes.filesystem_type(str(tmp_path / "missing"))

@@ -283,7 +283,7 @@ def test_the_role_template_is_settings_and_a_call():
     ) as handle:
         template = handle.read()
     body = [line for line in template.splitlines()[1:] if line.strip()]
-    assert body[0] == "#!/usr/bin/python3 -I"
+    assert body[0] == "#!/usr/bin/python3 -IS"
     # No logic: imports, one settings dictionary, one call.
     code = [line for line in body if not line.lstrip().startswith(("#", '"')) and line.strip()]
     assert code[-1] == "sys.exit(main(SETTINGS))"

@@ -3,20 +3,16 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The two storage backends on the same data in the same run (bench/backends.sh).
 
-Both take snapshots through the real server command, ``linkdest-server gate``
-run as an unprivileged account exactly as sshd's forced command runs it
-(receive, then ``finalize 0``), with the laptop's rsync options. The only
-thing left out on both sides is ssh itself: the rsync client reaches the gate
-through a local remote-shell script, so the timings are the storage work
-(rsync's receiver, the gate, the snapshot steps, btrfs's sudo hops) and not
-the network. The hard-link drive is a directory on this machine's root file
-system (ext4 here), the btrfs drive a loop-mounted image on the same disk.
-
-Each linkdest snapshot is a real ``linkdest backup`` (client.py, in this
-process) whose ssh is a script that drops ssh's options and hands the rest to
-the same local remote shell. Bare ``rsync --link-dest`` goes through a local
-remote shell too (as the account, no gate) into a directory on the hard-link
-drive: the baseline every ratio is taken against, measured in the same run.
+Everything goes over real ssh: a private sshd on 127.0.0.1 (its own host
+key, config and port; no PAM) and one unprivileged account. Each linkdest
+snapshot is a real ``linkdest backup`` (client.py, in this process, with its
+own ssh master connection) whose key has a forced command, ``linkdest-server
+gate`` of that backend's configuration, as the backup_server role installs
+it. Bare ``rsync --link-dest`` logs in to the same account with a plain key
+(no forced command) and writes into a directory on the hard-link drive: the
+baseline every ratio is taken against, measured in the same run. The hard-link
+drive is a directory on this machine's root file system (ext4 here), the btrfs
+drive a loop-mounted image on the same disk; the network is loopback.
 
 Cases, interleaved and in alternating order, median of the repeats: the first
 snapshot (everything sent, a full run), an unchanged one (change list), the
@@ -28,10 +24,13 @@ counting each inode once, where it first meets it; btrfs: exclusive bytes,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
 import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -48,11 +47,9 @@ CLIENT = "bench"
 WORK = "/var/tmp/linkdest-bench"
 SUDOERS = "/etc/sudoers.d/linkdest-bench"
 LAUNCHER = WORK + "/bin/linkdest-server"
-RSH = WORK + "/bin/local-rsh"
-# What linkdest's client runs as ssh: drops ssh's options, then RSH.
-SSH = WORK + "/bin/local-ssh"
-# Bare rsync's remote shell: the account, no gate.
-PLAIN_RSH = WORK + "/bin/plain-rsh"
+SSH_DIR = WORK + "/ssh"
+SSHD_PID = SSH_DIR + "/sshd.pid"
+HOME = WORK + "/home"
 BARE = WORK + "/bare"
 BACKENDS = ("hardlink", "btrfs")
 CASES = (
@@ -89,24 +86,7 @@ def setup(files: int, mib: int) -> None:
             "sys.exit(server_cli.main())\n" % (REPO + "/collections")
         )
     os.chmod(LAUNCHER, 0o755)
-    # rsync calls: RSH HOST COMMAND...; sshd would run the forced command as
-    # the account with the command in SSH_ORIGINAL_COMMAND.
-    with open(RSH, "w", encoding="utf-8") as handle:
-        handle.write(
-            '#!/bin/sh\nshift\nexec runuser -u %s -- env SSH_ORIGINAL_COMMAND="$*"'
-            ' %s --config "$LINKDEST_BENCH_CONFIG" gate %s\n' % (ACCOUNT, LAUNCHER, CLIENT)
-        )
-    os.chmod(RSH, 0o755)
-    with open(SSH, "w", encoding="utf-8") as handle:
-        handle.write(
-            "#!/bin/sh\n# ssh [-F X] [-o X]... [-O CMD] HOST WORDS...\n"
-            'while [ "${1#-}" != "$1" ]; do [ "$1" = -O ] && exit 0; shift 2; done\n'
-            'exec %s "$@"\n' % RSH
-        )
-    os.chmod(SSH, 0o755)
-    with open(PLAIN_RSH, "w", encoding="utf-8") as handle:
-        handle.write('#!/bin/sh\nshift\nexec runuser -u %s -- "$@"\n' % ACCOUNT)
-    os.chmod(PLAIN_RSH, 0o755)
+    start_sshd()
     rule = "%s ALL=(root) NOPASSWD: %s --config %s/btrfs.json subvolume *\n" % (
         ACCOUNT,
         LAUNCHER,
@@ -150,6 +130,59 @@ def setup(files: int, mib: int) -> None:
         run(sys.executable, REPO + "/bench/gendata.py", "create", source, str(files), str(mib))
 
 
+def start_sshd() -> None:
+    """A private sshd on loopback; an ssh config per backend (and one for bare
+    rsync), each with its own key: the backends' keys have the gate as their
+    forced command, like the keys the backup_server role installs."""
+    os.makedirs(SSH_DIR, exist_ok=True)
+    os.makedirs(HOME, exist_ok=True)
+    account = pwd.getpwnam(ACCOUNT)
+    os.chown(HOME, account.pw_uid, account.pw_gid)
+    # "*": no password, but not locked ("!"), which sshd without PAM refuses.
+    run("usermod", "--home", HOME, "--password", "*", ACCOUNT)
+    os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation
+    keys = {}
+    for name in ("host", *BACKENDS, "bare"):
+        path = "%s/%s_ed25519" % (SSH_DIR, name)
+        if not os.path.exists(path):
+            run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", path)
+        with open(path + ".pub", encoding="utf-8") as handle:
+            keys[name] = handle.read().strip()
+    with open(SSH_DIR + "/authorized_keys", "w", encoding="utf-8") as handle:
+        for backend in BACKENDS:
+            handle.write(
+                'command="%s --config %s/%s.json gate %s",restrict %s\n'
+                % (LAUNCHER, WORK, backend, CLIENT, keys[backend])
+            )
+        handle.write("restrict %s\n" % keys["bare"])
+    with open(SSH_DIR + "/known_hosts", "w", encoding="utf-8") as handle:
+        handle.write("linkdest-bench %s\n" % " ".join(keys["host"].split()[:2]))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with open(SSH_DIR + "/sshd_config", "w", encoding="utf-8") as handle:
+        handle.write(
+            "ListenAddress 127.0.0.1\nPort %d\nHostKey %s/host_ed25519\n"
+            "AuthorizedKeysFile %s/authorized_keys\nAllowUsers %s\nPidFile %s\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+            "PermitRootLogin no\nStrictModes no\nLogLevel ERROR\n"
+            % (port, SSH_DIR, SSH_DIR, ACCOUNT, SSHD_PID)
+        )
+    run("/usr/sbin/sshd", "-f", SSH_DIR + "/sshd_config", "-E", SSH_DIR + "/sshd.log")
+    for name in (*BACKENDS, "bare"):
+        with open("%s/config-%s" % (SSH_DIR, name), "w", encoding="utf-8") as handle:
+            handle.write(
+                "Host %s\n  HostName 127.0.0.1\n  Port %d\n  User %s\n"
+                "  IdentityFile %s/%s_ed25519\n  IdentitiesOnly yes\n  BatchMode yes\n"
+                "  HostKeyAlias linkdest-bench\n  UserKnownHostsFile %s/known_hosts\n"
+                "  StrictHostKeyChecking yes\n" % (CLIENT, port, ACCOUNT, SSH_DIR, name, SSH_DIR)
+            )
+
+
+def ssh_config(name: str) -> str:
+    return "%s/config-%s" % (SSH_DIR, name)
+
+
 def reset(backend: str) -> None:
     """An empty area, owned by the account (btrfs: every subvolume deleted),
     and no record of a last snapshot on the laptop's side."""
@@ -173,11 +206,10 @@ def reset(backend: str) -> None:
 
 def snapshot(backend: str, full: bool = False) -> tuple[float, str, str]:
     """One ``linkdest backup`` to ``backend``: wall seconds, the snapshot, the kind."""
-    os.environ["LINKDEST_BENCH_CONFIG"] = "%s/%s.json" % (WORK, backend)
     settings = client.Settings.from_mapping(
         {
             "source": WORK + "/source",
-            "ssh_config": "/dev/null",
+            "ssh_config": ssh_config(backend),
             "server": CLIENT,
             "log_file": "%s/state-%s/linkdest.log" % (WORK, backend),
             "key_file": "/dev/null",
@@ -188,7 +220,6 @@ def snapshot(backend: str, full: bool = False) -> tuple[float, str, str]:
         environ={},
     )
     command = client.Linkdest(settings, quiet=True)
-    command.ssh_program = SSH
     began = time.monotonic()
     code = command.backup(full=full)
     seconds = time.monotonic() - began
@@ -203,7 +234,8 @@ def bare(name: str, previous: str | None) -> float:
     argv = ["rsync", "--archive", "--delete", "--numeric-ids", "-M--fake-super"]
     if previous:
         argv.append("--link-dest=../%s" % previous)
-    argv += ["-e", PLAIN_RSH, WORK + "/source/", "bench:%s/%s/" % (BARE, name)]
+    argv += ["-e", "ssh -F " + ssh_config("bare"), WORK + "/source/"]
+    argv.append("%s:%s/%s/" % (CLIENT, BARE, name))
     began = time.monotonic()
     run(*argv, stdout=subprocess.DEVNULL)
     return time.monotonic() - began
@@ -325,6 +357,8 @@ def rsync_version() -> str:
 
 
 def cleanup() -> None:
+    with contextlib.suppress(OSError, ValueError), open(SSHD_PID, encoding="utf-8") as handle:
+        os.kill(int(handle.read().strip()), signal.SIGTERM)
     if os.path.ismount(drive("btrfs")):
         subprocess.run(["umount", drive("btrfs")], check=False)
     if os.path.exists(SUDOERS):

@@ -229,6 +229,13 @@ def snapshot(backend: str, full: bool = False) -> tuple[float, str, str]:
     return seconds, status["last_snapshot"], status["last_kind"]
 
 
+def last_steps(backend: str) -> str:
+    """Where the last run's time went, from the ``took:`` line it logged."""
+    with open("%s/state-%s/linkdest.log" % (WORK, backend), encoding="utf-8") as handle:
+        took = [line for line in handle if " took: " in line]
+    return took[-1].split("took: ", 1)[1].strip() if took else "(no took: line)"
+
+
 def bare(name: str, previous: str | None) -> float:
     """Bare rsync --link-dest of the source, through the plain remote shell."""
     argv = ["rsync", "--archive", "--delete", "--numeric-ids", "-M--fake-super"]
@@ -278,6 +285,7 @@ def main() -> int:
     setup(files, mib)
     times: dict[tuple[str, str], list[float]] = {}
     disk: dict[str, list[int]] = {b: [] for b in BACKENDS}
+    steps: dict[tuple[str, str], str] = {}  # the last round's, per case and backend
     for round_ in range(1, repeat + 1):
         order = ("bare", *BACKENDS) if round_ % 2 else (*reversed(BACKENDS), "bare")
         names: dict[str, list[str]] = {b: [] for b in BACKENDS}
@@ -308,6 +316,7 @@ def main() -> int:
                     kind = "bare"
                 else:
                     seconds, name, kind = snapshot(tool, full="--full" in case or not number)
+                    steps[(case, tool)] = last_steps(tool)
                     names[tool].append(name)
                     expected = "changes" if "change list" in case else "full"
                     if kind != expected:
@@ -341,7 +350,10 @@ def main() -> int:
             statistics.median(disk["hardlink"]),
             statistics.median(disk["btrfs"]),
         ),
+        "",
+        "where a linkdest run's time went (the laptop log's took: line, last round):",
     ]
+    lines += ["- %s, %s: %s" % (case, b, steps[(case, b)]) for case in CASES for b in BACKENDS]
     report = "\n".join(lines) + "\n"
     os.makedirs(REPO + "/.cache", exist_ok=True)
     with open(REPO + "/.cache/bench-backends-%d.txt" % files, "w", encoding="utf-8") as handle:

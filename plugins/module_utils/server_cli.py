@@ -28,7 +28,7 @@ from ansible_collections.linkdest.backup.plugins.module_utils import snapshots a
 
 # Every ssh session of a laptop starts this program: the modules only some
 # verbs need (the change list, manifests and verification, health checks) are
-# imported in the functions that use them, which halves the gate's start-up.
+# imported in the functions that use them (a third off the gate's start-up).
 MANIFEST_MODULE = "ansible_collections.linkdest.backup.plugins.module_utils.manifest"
 
 CONFIG_PATH = "/etc/linkdest/server.json"

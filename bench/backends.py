@@ -237,7 +237,7 @@ def last_steps(backend: str) -> str:
 
 
 def bare(name: str, previous: str | None) -> float:
-    """Bare rsync --link-dest of the source, through the plain remote shell."""
+    """Bare rsync --link-dest of the source, over ssh with the plain key (no gate)."""
     argv = ["rsync", "--archive", "--delete", "--numeric-ids", "-M--fake-super"]
     if previous:
         argv.append("--link-dest=../%s" % previous)

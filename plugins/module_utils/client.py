@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -67,7 +68,7 @@ _SSH_ERROR_RE = re.compile(
 _BYTES_SENT_RE = re.compile(r"^Total bytes sent: ([0-9,.]+)", re.MULTILINE)
 USAGE = """\
 usage: linkdest backup [--quiet] [--full] | status [--raw] | list | latest | versions PATH
-       | compare [SNAPSHOT] | restore PATH [--at TIME|SNAPSHOT] [--to DIR] [--overwrite]
+       | compare [SNAPSHOT] | restore [PATH] [--at TIME|SNAPSHOT] [--to DIR] [--overwrite]
        | verify [PATH]
 """
 
@@ -342,6 +343,59 @@ def compare_with_manifest(lines, source: str, rel: str, follow: bool, out) -> in
     return codes.EXIT_DAMAGED if counts["differs"] or header.get("damaged") else 0
 
 
+def check_restored_tree(lines, target: str, rel: str, out) -> tuple[bool, set[str]]:
+    """After a restore: every file of the snapshot's manifest under ``rel``
+    must be in ``target`` as a regular file with its size, mtime (to the
+    second) and bytes. Says what differs and how it went; returns whether all
+    were the same, and the manifest's paths (relative to the snapshot)."""
+    lines = iter(lines)
+    header = json.loads(next(lines, "null") or "null")
+    if not isinstance(header, dict) or not next(lines, "").startswith(mf.MAGIC + " "):
+        out.write("check: the server sent no manifest\n")
+        return False, set()
+    same, bad, paths = 0, 0, set()
+    for line in lines:
+        if line.startswith("end "):
+            break
+        entry = mf.entry_of(line.rstrip("\n"))
+        if rel != "." and entry.path != rel and not entry.path.startswith(rel + "/"):
+            continue
+        paths.add(entry.path)
+        inside = entry.path if rel == "." else entry.path[len(rel) + 1 :]
+        full = os.path.join(target, inside) if inside else target
+        try:
+            st = os.lstat(full)
+        except OSError:
+            bad += 1
+            out.write("MISSING: %s\n" % entry.path)
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            # The server keeps a symlink (--fake-super) as a file that holds
+            # its target: the target is what must match.
+            target_bytes = os.readlink(os.fsencode(full))
+            if hashlib.sha256(target_bytes).hexdigest() == entry.sha256:
+                same += 1
+            else:
+                bad += 1
+                out.write("DIFFERS: %s (symlink target)\n" % entry.path)
+            continue
+        if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns // 10**9) != (
+            entry.size,
+            entry.mtime_ns // 10**9,
+        ):
+            bad += 1
+            out.write("DIFFERS: %s (size, time or type)\n" % entry.path)
+            continue
+        with open(full, "rb") as handle:
+            if mf.digest_fd(handle.fileno()) == entry.sha256:
+                same += 1
+            else:
+                bad += 1
+                out.write("DIFFERS: %s (other bytes)\n" % entry.path)
+    out.write("check: %d file(s) the same as in %s, %d not\n" % (same, header.get("snapshot"), bad))
+    return bad == 0, paths
+
+
 class Linkdest:
     """One run of the command: settings, log, status file, and the server."""
 
@@ -574,6 +628,7 @@ class Linkdest:
                 "the ssh agent holds no unlocked backup key: keychain unlocks it when the"
                 " user logs in (after a reboot, log in once)",
             )
+        self._refuse_empty_first_run()
         self.ping_health("start")
         self.say("backup of %s started" % self.settings.source)
         plan = Plan(kind=FULL)
@@ -619,6 +674,27 @@ class Linkdest:
             failing="0",
             stale_alerted="0",
         )
+
+    def _refuse_empty_first_run(self) -> None:
+        """A laptop that never backed up, with an empty folder, must not make
+        an empty snapshot the newest of a history it inherited: that is a new
+        laptop whose files have not been restored yet."""
+        if self.status.get("last_success") or os.listdir(self.settings.source):
+            return
+        listing = self.server_call(codes.VERB_LIST, stderr=subprocess.DEVNULL)
+        held = [
+            line
+            for line in listing.stdout.decode("utf-8", "replace").splitlines()
+            if line.startswith(codes.SNAPSHOT_PREFIX)
+        ]
+        if listing.returncode == 0 and held:
+            raise self.fail(
+                codes.EXIT_NO_SOURCE,
+                "%s is empty and this laptop has never backed up, while the server holds %d"
+                " snapshot(s) of its area: restore them first (linkdest restore --to %s),"
+                " or put files in the folder"
+                % (self.settings.source, len(held), os.path.dirname(self.settings.source)),
+            )
 
     # --- the change list ---
 
@@ -1001,42 +1077,159 @@ class Linkdest:
         sys.stdout.write("(compared with %s)\n" % snapshot)
         return code
 
-    def restore(self, path: str, at: str | None, to: str | None, overwrite: bool) -> int:
-        rel = self.relative(path)
+    def locate(self, rel: str, at: str | None) -> str:
+        """The snapshot a restore reads: named, or the newest (at or before
+        ``at``) holding ``rel``. Raises Finished with the table's exit code."""
         if at and at.startswith(codes.SNAPSHOT_PREFIX):
-            snapshot = at
-        else:
-            words = [codes.VERB_LOCATE, quote(rel)]
-            if at:
-                try:
-                    words.append(parse_time(at))
-                except ValueError:
-                    sys.stderr.write(
-                        "linkdest: cannot read the time %s (ISO 8601, such as"
-                        " 2026-05-01T14:00, UTC unless it says otherwise)\n" % at
-                    )
-                    return codes.EXIT_USAGE
-            located = self.server_call(*words)
-            if located.returncode != 0:
-                return codes.EXIT_NOT_FOUND
-            snapshot = located.stdout.decode().strip()
+            return at
+        words = [codes.VERB_LOCATE, quote(rel)]
+        if at:
+            try:
+                words.append(parse_time(at))
+            except ValueError:
+                sys.stderr.write(
+                    "linkdest: cannot read the time %s (ISO 8601, such as"
+                    " 2026-05-01T14:00, UTC unless it says otherwise)\n" % at
+                )
+                raise Finished(codes.EXIT_USAGE) from None
+        located = self.server_call(*words)
+        if located.returncode == 255:
+            sys.stderr.write("linkdest: the server could not be reached (ssh failed)\n")
+            raise Finished(255)
+        if located.returncode != 0:
+            raise Finished(codes.EXIT_NOT_FOUND)
+        return located.stdout.decode().strip()
+
+    def restore(self, path: str | None, at: str | None, to: str | None, overwrite: bool) -> int:
+        """PATH (or, with none, the whole folder) as it was in a snapshot.
+
+        A whole folder may go into an empty directory, the backed-up folder
+        itself included (a new laptop): then the backup lock is held so that
+        cron cannot snapshot a half-restored folder, and when the tree checks
+        out against the snapshot's manifest it becomes the record the next
+        backup's change list starts from.
+        """
+        rel = "." if path is None else self.relative(path)
+        snapshot = self.locate(rel, at)
         dest = to or os.path.join(os.path.expanduser("~"), "linkdest-restore", snapshot)
-        name = os.path.basename(self.settings.source if rel == "." else rel)
-        target = os.path.join(dest, name)
-        if os.path.lexists(target) and not overwrite:
+        whole = rel == "."
+        target = os.path.join(dest, os.path.basename(self.settings.source if whole else rel))
+        into_source = whole and os.path.realpath(target) == os.path.realpath(self.settings.source)
+        was_empty = whole and os.path.isdir(target) and not os.listdir(target)
+        if os.path.lexists(target) and not overwrite and not was_empty:
             sys.stderr.write("linkdest: %s exists; not overwriting it (add --overwrite)\n" % target)
             return codes.EXIT_EXISTS
-        os.makedirs(dest, exist_ok=True)
-        source = "%s/" % snapshot if rel == "." else "%s/%s" % (snapshot, rel)
-        # The server sends with --fake-super, so modes, times and symlinks come back as they were.
+        lock = None
+        if into_source:
+            os.makedirs(self.settings.state_dir, exist_ok=True)
+            lock = open(self.settings.lock_file, "w")  # noqa: SIM115 - held to the end
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                sys.stderr.write("linkdest: a backup is running; restore when it has ended\n")
+                return codes.EXIT_BUSY
+        try:
+            # Only the newest snapshot can be the base of the next change list.
+            seed = into_source and was_empty and at is None
+            return self._restore_locked(rel, snapshot, dest, target, seed)
+        finally:
+            if lock is not None:
+                lock.close()
+
+    def _restore_locked(
+        self, rel: str, snapshot: str, dest: str, target: str, seed_record: bool
+    ) -> int:
+        whole = rel == "."
+        os.makedirs(target if whole else dest, exist_ok=True)
+        # The server sends with --fake-super, so modes, times and symlinks
+        # come back as they were. A whole folder goes into target itself.
+        source = "%s/" % snapshot if whole else "%s/%s" % (snapshot, rel)
+        progress = ["--info=progress2", "--human-readable"] if sys.stdout.isatty() else []
         rsync = self.rsync_over_ssh(
-            "--archive", "%s:%s" % (self.settings.server, source), dest + "/"
+            "--archive",
+            *progress,
+            "%s:%s" % (self.settings.server, source),
+            (target if whole else dest) + "/",
         )
-        if rsync.wait() != 0:
-            sys.stderr.write("linkdest: restoring %s from %s failed\n" % (rel, snapshot))
-            return 1
+        code = rsync.wait()
+        if code != 0:
+            sys.stderr.write(
+                "linkdest: restoring %s from %s failed (rsync exit %d)\n" % (rel, snapshot, code)
+            )
+            return code
         sys.stdout.write("restored %s from %s to %s\n" % (rel, snapshot, target))
+        sys.stdout.flush()
+        # The walk comes before the check: a file changed after the walk is
+        # caught by the next backup (its ctime), one changed before it fails
+        # the check (and nothing is recorded).
+        walked = self._walk_restored() if seed_record else None
+        checked, paths = self.check_restored(snapshot, rel, target)
+        if checked is False:
+            return codes.EXIT_DAMAGED
+        if walked is not None and checked:
+            # Only a folder that is the snapshot file for file (no file left
+            # out by this laptop's excludes) is a record to build on.
+            # (The server keeps symlinks and specials as files: in the manifest.)
+            files = {path for path, kind in walked.kinds.items() if kind != "d"}
+            if files == paths:
+                self._record_restored(snapshot, walked)
+            else:
+                sys.stdout.write("note: the next backup sends everything (excludes differ)\n")
         return 0
+
+    def check_restored(self, snapshot: str, rel: str, target: str) -> tuple[bool | None, set[str]]:
+        """Compare what was restored with the snapshot's manifest; say how it
+        went. True: every file the same; False: not; None: no manifest. With
+        the manifest's paths."""
+        with tempfile.TemporaryFile() as manifest:
+            result = subprocess.run(
+                [*self.ssh_command(), self.settings.server, codes.VERB_MANIFEST, snapshot],
+                stdout=manifest,
+                stderr=subprocess.DEVNULL,
+                env=self.environ,
+                check=False,
+            )
+            manifest.seek(0)
+            lines = (line.decode("utf-8", "surrogateescape") for line in manifest)
+            if result.returncode != 0:
+                sys.stdout.write(
+                    "check: not checked, the server has no manifest of %s\n" % snapshot
+                )
+                return None, set()
+            return check_restored_tree(lines, target, rel, sys.stdout)
+
+    def _walk_restored(self) -> changelist.Walk | None:
+        """The restored folder as the next backup's walk will see it."""
+        # Past the racy windows (changelist.RACY_DIR_NS): what rsync just
+        # wrote is then recorded as settled, not as "changed too recently".
+        time.sleep(changelist.RACY_DIR_NS / 10**9 + 0.1)
+        try:
+            return changelist.walk(
+                self.settings.source,
+                changelist.Excludes(self.settings.excludes),
+                self.settings.copy_links,
+                time.time_ns(),
+            )
+        except changelist.Unsupported as exc:
+            sys.stdout.write("note: the next backup sends everything (%s)\n" % exc)
+            return None
+
+    def _record_restored(self, snapshot: str, walked: changelist.Walk) -> None:
+        """The restored folder is what ``snapshot`` holds: the next backup
+        sends only what changes from here (a change list), if ``snapshot`` is
+        still the server's newest by then."""
+        record = changelist.Record(
+            snapshot, self.settings_digest(), int(time.time()), walked.entries
+        )
+        try:
+            changelist.save_record(self.record_file, record)
+        except OSError as exc:
+            # The next backup is a full run; nothing is lost.
+            sys.stdout.write("note: the next backup sends everything (%s)\n" % exc)
+            changelist.forget_record(self.record_file)
+            return
+        sys.stdout.write("the next backup continues from %s\n" % snapshot)
 
     def verify(self, path: str | None) -> int:
         rel = self.relative(path) if path is not None else "."
@@ -1063,7 +1256,8 @@ def _usage() -> Finished:
     return Finished(codes.EXIT_USAGE)
 
 
-def _restore_arguments(args: list[str]) -> tuple[str, str | None, str | None, bool]:
+def _restore_arguments(args: list[str]) -> tuple[str | None, str | None, str | None, bool]:
+    """PATH (None: the whole folder), --at, --to, --overwrite."""
     path, at, to, overwrite = None, None, None, False
     args = list(args)
     while args:
@@ -1081,8 +1275,6 @@ def _restore_arguments(args: list[str]) -> tuple[str, str | None, str | None, bo
             raise _usage()
         else:
             path = word
-    if path is None:
-        raise _usage()
     return path, at, to, overwrite
 
 

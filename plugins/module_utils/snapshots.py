@@ -766,8 +766,12 @@ def changed_versions(
 
 
 def locate(area: str, relpath: str, at: datetime | None = None) -> Snapshot:
-    """The newest finished snapshot (taken at or before ``at``) holding ``relpath``."""
-    split_relpath(relpath)
+    """The newest finished snapshot (taken at or before ``at``) holding ``relpath``.
+
+    "." (or "") is the folder itself, which every finished snapshot holds.
+    """
+    if relpath not in ("", ".", "./"):
+        split_relpath(relpath)
     candidates = [
         found for found, _stat in find_versions(area, relpath) if at is None or found.time <= at
     ]

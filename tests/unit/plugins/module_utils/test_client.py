@@ -192,6 +192,61 @@ def test_verify_reports_the_servers_damage_and_a_missing_manifest(tmp_path):
     assert "no manifest" in out.getvalue()
 
 
+def test_restore_takes_no_path_for_the_whole_folder():
+    assert client._restore_arguments([]) == (None, None, None, False)
+    assert client._restore_arguments(["--to", "/home/a", "--at", "back-x"]) == (
+        None,
+        "back-x",
+        "/home/a",
+        False,
+    )
+    assert client._restore_arguments(["docs", "--overwrite"]) == ("docs", None, None, True)
+
+
+def _restored(tmp_path):
+    """A snapshot's files and a restored copy of them, with the manifest."""
+    snapshot = tmp_path / "snapshot"
+    (snapshot / "docs" / "sub dir").mkdir(parents=True)
+    names = ["top.txt", "docs/a.txt", "docs/sub dir/b \u00e9t\u00e9.txt"]
+    for name in names:
+        (snapshot / name).write_text("content of " + name)
+        os.utime(snapshot / name, (1_600_000_000, 1_600_000_000))
+    lines = _manifest_lines(str(snapshot), names)
+    restored = tmp_path / "restored"
+    subprocess.run(["cp", "-a", str(snapshot), str(restored)], check=True)
+    return restored, lines, names
+
+
+def test_a_whole_restore_checks_every_file_of_the_manifest(tmp_path):
+    restored, lines, names = _restored(tmp_path)
+    out = io.StringIO()
+    assert client.check_restored_tree(lines, str(restored), ".", out) == (True, set(names))
+    assert "check: 3 file(s) the same as in back-2026-01-01T00_00_00, 0 not" in out.getvalue()
+
+    # A part restored on its own lands under its last name.
+    out = io.StringIO()
+    ok, paths = client.check_restored_tree(lines, str(restored / "docs"), "docs", out)
+    assert ok
+    assert paths == {"docs/a.txt", "docs/sub dir/b \u00e9t\u00e9.txt"}
+
+
+def test_a_restore_that_lost_or_changed_a_file_is_reported(tmp_path):
+    restored, lines, _names = _restored(tmp_path)
+    (restored / "docs" / "a.txt").unlink()
+    stamp = os.stat(restored / "top.txt")
+    (restored / "top.txt").write_text("CONTENT OF TOP.TXT")  # same size, other bytes
+    os.utime(restored / "top.txt", ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    out = io.StringIO()
+    ok, _paths = client.check_restored_tree(lines, str(restored), ".", out)
+    assert not ok
+    report = out.getvalue()
+    assert "MISSING: docs/a.txt" in report
+    assert "DIFFERS: top.txt (other bytes)" in report
+    assert "1 file(s) the same" in report
+    assert "2 not" in report
+    assert client.check_restored_tree(["{}\n"], str(restored), ".", io.StringIO())[0] is False
+
+
 def test_power_on_mains_battery_and_desktop(tmp_path):
     supplies = tmp_path / "power"
     linux = client_platform.Linux(str(supplies))
@@ -270,7 +325,14 @@ def test_usage_errors(tmp_path, capsys):
         "key_file": "k",
         "user_home": str(tmp_path),
     }
-    for argv in ([], ["nonsense"], ["backup", "--loud"], ["restore"], ["restore", "a", "--at"]):
+    usage_errors = (
+        [],
+        ["nonsense"],
+        ["backup", "--loud"],
+        ["restore", "a", "b"],
+        ["restore", "--at"],
+    )
+    for argv in usage_errors:
         assert client.main(values, argv) == codes.EXIT_USAGE
     assert "usage: linkdest backup" in capsys.readouterr().err
     assert client.main(values, ["versions", "/etc/passwd"]) == codes.EXIT_USAGE

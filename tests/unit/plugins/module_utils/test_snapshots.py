@@ -784,6 +784,19 @@ def test_locate_finds_the_newest_snapshot_holding_a_path(tmp_path):
         snap.locate(area, "docs/never.txt")
 
 
+@pytest.mark.parametrize("whole", [".", "", "./"])
+def test_locate_the_whole_folder_is_the_newest_or_the_chosen_snapshot(tmp_path, whole):
+    area = str(_restore_area(tmp_path))
+    assert snap.locate(area, whole).name == "back-2026-01-04T00_00_00"
+    at = datetime(2026, 1, 3, 12, tzinfo=timezone.utc)
+    assert snap.locate(area, whole, at).name == "back-2026-01-03T00_00_00"
+    with pytest.raises(snap.SnapshotNotFoundError):
+        snap.locate(area, whole, datetime(2025, 1, 1, tzinfo=timezone.utc))
+    for unsafe in ("..", "../x", "/etc", "a/./b"):
+        with pytest.raises(snap.LayoutError):
+            snap.locate(area, unsafe)
+
+
 def test_changed_versions_collapse_hard_linked_copies(tmp_path):
     area = str(_restore_area(tmp_path))
     versions = snap.changed_versions(snap.find_versions(area, "docs/a.txt"))

@@ -81,6 +81,9 @@ RECORD_FILE = "sent.gz"
 # Bump when what the client sends for the same folder changes: the record of
 # an older client is then not used (one full run).
 CLIENT_FORMAT = 1
+# The kernel stamps ctimes from a clock that lags the real time by up to one
+# tick (4 ms at HZ=250, 10 ms at HZ=100).
+CLOCK_TICK_NS = 10 * 10**6
 _FILES_TRANSFERRED_RE = re.compile(r"^Number of regular files transferred: ([0-9,.]+)", re.M)
 
 
@@ -1153,6 +1156,7 @@ class Linkdest:
             (target if whole else dest) + "/",
         )
         code = rsync.wait()
+        restored_ns = time.time_ns()
         if code != 0:
             sys.stderr.write(
                 "linkdest: restoring %s from %s failed (rsync exit %d)\n" % (rel, snapshot, code)
@@ -1163,7 +1167,7 @@ class Linkdest:
         # The walk comes before the check: a file changed after the walk is
         # caught by the next backup (its ctime), one changed before it fails
         # the check (and nothing is recorded).
-        walked = self._walk_restored() if seed_record else None
+        walked = self._walk_restored(restored_ns) if seed_record else None
         checked, paths = self.check_restored(snapshot, rel, target)
         if checked is False:
             return codes.EXIT_DAMAGED
@@ -1199,13 +1203,13 @@ class Linkdest:
                 return None, set()
             return check_restored_tree(lines, target, rel, sys.stdout)
 
-    def _walk_restored(self) -> changelist.Walk | None:
+    def _walk_restored(self, restored_ns: int) -> changelist.Walk | None:
         """The restored folder as the next backup's walk will see it."""
         # Past the racy windows (changelist.RACY_DIR_NS): what rsync just
         # wrote is then recorded as settled, not as "changed too recently".
         time.sleep(changelist.RACY_DIR_NS / 10**9 + 0.1)
         try:
-            return changelist.walk(
+            walked = changelist.walk(
                 self.settings.source,
                 changelist.Excludes(self.settings.excludes),
                 self.settings.copy_links,
@@ -1214,6 +1218,16 @@ class Linkdest:
         except changelist.Unsupported as exc:
             sys.stdout.write("note: the next backup sends everything (%s)\n" % exc)
             return None
+        # Whatever changed after rsync ended (a chmod, an edit) is not what the
+        # snapshot holds: recorded as never equal, the next backup sends it.
+        # (ctime comes from the kernel's coarse clock: up to a tick behind.)
+        changed_after = restored_ns - CLOCK_TICK_NS
+        for path, line in walked.entries.items():
+            fields = line.split(" ")
+            if int(fields[3]) >= changed_after:
+                fields[3] = "-1"
+                walked.entries[path] = " ".join(fields)
+        return walked
 
     def _record_restored(self, snapshot: str, walked: changelist.Walk) -> None:
         """The restored folder is what ``snapshot`` holds: the next backup

@@ -158,3 +158,31 @@ def test_an_empty_new_laptop_does_not_bury_the_history(rig, tmp_path):
     assert "is empty and this laptop has never backed up" in status["last_error"]
     assert "restore them first" in status["last_error"]
     assert rig.finished() == before
+
+
+def test_a_file_changed_right_after_the_restore_is_sent_by_the_next_backup(
+    rig, tmp_path, monkeypatch
+):
+    """The record is of the folder after the restore: a chmod made after rsync
+    ended but before the record was taken must not look like the snapshot's."""
+    laptop = new_laptop(rig, tmp_path)
+    source = Path(laptop.settings.source)
+    walk = laptop._walk_restored
+
+    def chmod_first(restored_ns):
+        os.chmod(source / "secret.txt", 0o644)
+        return walk(restored_ns)
+
+    monkeypatch.setattr(laptop, "_walk_restored", chmod_first)
+    assert restore(laptop, None, None, str(source.parent), False) == 0
+    assert laptop.backup() == 0
+    status = laptop.status.read()
+    assert status["last_kind"] == "changes"
+    assert status["last_paths"] == "2"  # secret.txt, and "." that holds it
+    after = rig.finished()[-1]
+    stored = rig.area / after / "secret.txt"
+    try:  # --fake-super records the mode when the receiver is not root
+        mode = int(os.getxattr(stored, "user.rsync.%stat").decode().split()[0], 8)
+    except OSError:
+        mode = stored.stat().st_mode
+    assert stat.S_IMODE(mode) == 0o644

@@ -156,6 +156,27 @@ CASES = [
         {}, {"backup_client_name": "Laptop.Home"}, True, "backup_client_name", id="bad-name"
     ),
     pytest.param(
+        {},
+        {"backup_client_source": "../../etc"},
+        True,
+        "must be a folder in the user's home",
+        id="source-climbs-out-of-home",
+    ),
+    pytest.param(
+        {},
+        {"backup_client_inherit": "old-laptop"},
+        True,
+        'backup_client_inherit "old-laptop" names no snapshot area',
+        id="inherit-an-area-that-does-not-exist",
+    ),
+    pytest.param(
+        {},
+        {"backup_client_inherit": "Old Laptop"},
+        True,
+        "backup_client_inherit",
+        id="inherit-a-bad-name",
+    ),
+    pytest.param(
         {"backup_server_rsync_timeout": "soon"},
         {},
         True,

@@ -11,7 +11,7 @@ BIN := $(abspath $(VENV))/bin
 COLLECTIONS := collections
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(abspath $(COLLECTIONS))
-SCENARIOS ?= default lifecycle mirror security btrfs
+SCENARIOS ?= default lifecycle mirror security btrfs journey
 
 .PHONY: help host venv images lint unit bad-input sanity build-check molecule test demo demo-clean bench clean
 

@@ -81,6 +81,9 @@ RECORD_FILE = "sent.gz"
 # Bump when what the client sends for the same folder changes: the record of
 # an older client is then not used (one full run).
 CLIENT_FORMAT = 1
+# The server's answers to a change list that a full run would get too (the
+# backup drive is not mounted, or below the space guard's floor).
+REFUSALS_NO_RUN_CURES = (codes.EXIT_NOT_MOUNTED, codes.EXIT_NO_SPACE)
 # The kernel stamps ctimes from a clock that lags the real time by up to one
 # tick (4 ms at HZ=250, 10 ms at HZ=100).
 CLOCK_TICK_NS = 10 * 10**6
@@ -813,6 +816,13 @@ class Linkdest:
             log.write(said or b"")
         if preparing.returncode == 0 and data:
             return True
+        if preparing.returncode in REFUSALS_NO_RUN_CURES:
+            # The drive is unplugged or full: a full run would be refused the same way.
+            raise self.fail(
+                preparing.returncode,
+                "the server refused the backup: %s"
+                % (server_reason((said or b"").decode("utf-8", "replace"))),
+            )
         if plan.reason == "":
             lines = (said or b"").decode("utf-8", "replace").strip().splitlines()
             said_last = lines[-1] if lines else "exit %d" % preparing.returncode

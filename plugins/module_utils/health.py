@@ -11,6 +11,7 @@ Pure functions over their inputs, so the tests need no clock and no drive.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -111,6 +112,49 @@ def check(
     return report
 
 
+# Beside root's other records (state_dir), on the system disk: when the check
+# first found the backup drive missing.
+DRIVE_ABSENT_FILE = "drive-absent-since"
+
+
+def absent_since(state_dir: str, absent: bool, now: datetime) -> datetime | None:
+    """When the drive was first found missing (now, the first time), or None
+    when it is there (and the record of its absence goes)."""
+    path = os.path.join(state_dir, DRIVE_ABSENT_FILE)
+    if not absent:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return datetime.fromisoformat(handle.read().strip())
+    except (FileNotFoundError, ValueError):
+        pass
+    os.makedirs(state_dir, exist_ok=True)
+    write_atomically(path, now.isoformat(timespec="seconds") + "\n")
+    return now
+
+
+def describe_since(since: datetime, now: datetime) -> str:
+    """``2026-12-04 05:00 UTC, 3.2 hours ago``"""
+    hours = max(0.0, (now - since).total_seconds() / 3600)
+    return "%s, %.1f hours ago" % (since.strftime("%Y-%m-%d %H:%M UTC"), hours)
+
+
+def drive_missing_metrics(since: datetime) -> str:
+    """The metrics while the drive is missing: that, and since when (the
+    snapshot counts and free space of an empty mount point would lie)."""
+    return (
+        "# HELP linkdest_drive_mounted Whether the backup drive is there (1) or not (0).\n"
+        "# TYPE linkdest_drive_mounted gauge\n"
+        "linkdest_drive_mounted 0\n"
+        "# HELP linkdest_drive_missing_since_timestamp_seconds"
+        " When the check first found it missing.\n"
+        "# TYPE linkdest_drive_missing_since_timestamp_seconds gauge\n"
+        "linkdest_drive_missing_since_timestamp_seconds %d\n" % since.timestamp()
+    )
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -135,6 +179,9 @@ def metrics_text(
     ]
     lines += ['linkdest_snapshots{client="%s"} %d' % (_escape(a.client), a.count) for a in areas]
     lines += [
+        "# HELP linkdest_drive_mounted Whether the backup drive is there (1) or not (0).",
+        "# TYPE linkdest_drive_mounted gauge",
+        "linkdest_drive_mounted 1",
         "# HELP linkdest_drive_size_bytes Size of the backup drive.",
         "# TYPE linkdest_drive_size_bytes gauge",
         "linkdest_drive_size_bytes %d" % drive.size_bytes,

@@ -217,13 +217,31 @@ def link_dests_for(config: Config, area: str, backend: str | None = None) -> lis
     return ([base.name] if base else []) + interrupted
 
 
+def drive_missing(config: Config) -> str | None:
+    """Why the backup drive is not there, or None: the one check every verb
+    that touches the drive makes first. An unplugged drive leaves an empty
+    directory on the system disk; read, it looks like a drive with no
+    snapshots, and written, it fills the system disk."""
+    if config.root_must_be_mount and not os.path.ismount(config.root):
+        return "backup drive %s is not mounted" % config.root
+    return None
+
+
+def refuse_missing_drive(config: Config, client: str) -> int | None:
+    """EXIT_NOT_MOUNTED, said and logged, when the drive is not there."""
+    missing = drive_missing(config)
+    if missing is None:
+        return None
+    _log(client, "refused: " + missing, syslog.LOG_ERR)
+    sys.stderr.write("linkdest-server: %s\n" % missing)
+    return EXIT_NOT_MOUNTED
+
+
 def _receive_refusal(config: Config, client: str) -> int | None:
     """Why no upload may start now (drive missing, wrong file system, full), or None."""
-    if config.root_must_be_mount and not os.path.ismount(config.root):
-        # With the drive unplugged the upload would fill the system disk.
-        _log(client, "refused: backup drive %s is not mounted" % config.root, syslog.LOG_ERR)
-        sys.stderr.write("linkdest-server: backup drive %s is not mounted\n" % config.root)
-        return EXIT_NOT_MOUNTED
+    refused = refuse_missing_drive(config, client)
+    if refused is not None:
+        return refused
     if config.backend_of(client) == "btrfs" and not subvolumes.is_btrfs(config.root):
         message = "refused: backend btrfs, but backup drive %s is not btrfs" % config.root
         _log(client, message, syslog.LOG_ERR)
@@ -573,6 +591,10 @@ def cmd_gate(config: Config, client: str) -> int:
         _log(client, "refused %r: %s" % ((command or "")[:200], exc), syslog.LOG_WARNING)
         sys.stderr.write("linkdest-server: refused: %s\n" % exc)
         return EXIT_REFUSED
+    # Reads too: an unplugged drive is not "no snapshots" and not "no such path".
+    refused = refuse_missing_drive(config, client)
+    if refused is not None:
+        return refused
     if isinstance(request, gate_lib.ReceiveRequest):
         return _gate_receive(config, client, area, request)
     if isinstance(request, gate_lib.ChangesRequest):
@@ -941,6 +963,22 @@ def cmd_check(config: Config, quiet: bool = False) -> int:
     """What the laptops cannot report: stale laptops, a stale mirror, a full drive."""
     from ansible_collections.linkdest.backup.plugins.module_utils import health, scrub
 
+    missing = drive_missing(config)
+    since = health.absent_since(config.state_dir, missing is not None, datetime.now(timezone.utc))
+    if missing is not None:
+        # One finding, not one "no finished snapshot" per laptop: the drive is
+        # not there, the snapshots may well be.
+        message = "%s (since %s)" % (
+            missing,
+            health.describe_since(since, datetime.now(timezone.utc)),
+        )
+        _log("-", "check: " + message, syslog.LOG_ERR)
+        sys.stdout.write("linkdest-server check: %s\n" % message)
+        if config.metrics_dir:
+            path = os.path.join(config.metrics_dir, "linkdest.prom")
+            health.write_atomically(path, health.drive_missing_metrics(since))
+        run_alert(config, "drive", message)
+        return EXIT_NOT_MOUNTED
     areas = [health.area_facts(config.root, client) for client in sorted(config.clients)]
     drive = health.drive_facts(config.root)
     mirror_last = _mirror_last_success()
@@ -1312,6 +1350,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = Config.load(args.config)
+        if args.command == "check":
+            if args.stale_after_hours is not None:
+                config.stale_after_hours = args.stale_after_hours
+            return cmd_check(config, quiet=args.quiet)
+        if args.command != "gate":
+            refused = refuse_missing_drive(config, getattr(args, "client", None) or "-")
+            if refused is not None:
+                return refused
         if args.command == "gate":
             return cmd_gate(config, args.client)
         if args.command == "finalize":
@@ -1340,10 +1386,6 @@ def main(argv: list[str] | None = None) -> int:
                 repair=not args.no_repair,
                 quiet=args.quiet,
             )
-        if args.command == "check":
-            if args.stale_after_hours is not None:
-                config.stale_after_hours = args.stale_after_hours
-            return cmd_check(config, quiet=args.quiet)
         return _print_list(config.area(args.client), usage=args.usage)
     except _reported_errors() as exc:
         sys.stderr.write("linkdest-server: %s\n" % exc)

@@ -38,7 +38,7 @@ from changelist_rig import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.linkdest.backup.plugins.module_utils import changelist, client
+from ansible_collections.linkdest.backup.plugins.module_utils import changelist, client, codes
 from ansible_collections.linkdest.backup.plugins.module_utils import snapshots as snap
 
 
@@ -269,6 +269,28 @@ def test_fallbacks_to_a_full_run(rig):
     (rig.source / "l").symlink_to("a")
     assert rig.backup(full_every_hours=24)[1] == "full"  # a new symlink
     assert rig.backup()[1] == "changes"
+
+
+def test_an_unplugged_drive_fails_the_run_without_a_full_run_first(rig, tmp_path):
+    """A change list refused because the drive is not mounted is reported as
+    that: no "sending everything" that the server would refuse all the same."""
+    write(rig, "a", "a")
+    rig.backup()
+    config = tmp_path / "server.json"
+    config.write_text(
+        config.read_text().replace('"backend"', '"root_must_be_mount": true, "backend"')
+    )
+    write(rig, "a", "a, edited")
+    command = client.Linkdest(rig.settings, quiet=True)
+    command.ssh_program = rig.fake_ssh
+    assert command.backup() == codes.EXIT_NOT_MOUNTED
+    status = command.status.read()
+    assert status["last_result"] == "failed"
+    assert "the server refused the backup" in status["last_error"]
+    assert "is not mounted" in status["last_error"]
+    log = Path(rig.settings.log_file).read_text()
+    assert "sending everything" not in log.split("backup of")[-1]
+    assert len(rig.finished()) == 1
 
 
 def test_an_interrupted_run_is_resumed_by_a_full_run(rig):

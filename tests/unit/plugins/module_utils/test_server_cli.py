@@ -912,3 +912,62 @@ def test_the_gate_hands_a_laptop_its_own_manifest_and_no_other(server, monkeypat
     assert captured.out == ""
     assert elsewhere not in captured.err
     assert server.gate(monkeypatch, "manifest ../other/%s" % elsewhere) == server_cli.EXIT_REFUSED
+
+
+# --- an unplugged backup drive --------------------------------------------------
+
+
+def test_every_verb_names_an_unplugged_drive_and_writes_nothing_under_it(
+    server, monkeypatch, capsys
+):
+    """The drive must be a mount point, and tmp_path's directory is not one:
+    the server sees what it sees when the disk came loose. Every verb says
+    so with exit 72; nothing appears under the mount point."""
+    make_old_snapshots(server.area, WEEK_OLD)
+    state, metrics = server.tmp / "state", server.tmp / "metrics"
+    metrics.mkdir()
+    alerts = server.tmp / "alerts"
+    configure(
+        server,
+        root_must_be_mount=True,
+        state_dir=str(state),
+        check={"metrics_dir": str(metrics), "alert_command": 'echo "$1|$2" >> %s' % alerts},
+    )
+    before = server.tree()
+    config = ["--config", str(server.config)]
+    for verb in (
+        ["list", "laptop"],
+        ["finalize", "laptop", "incomplete_back-" + WEEK_OLD],
+        ["prune", "laptop"],
+        ["prune", "--all"],
+        ["adopt", "laptop"],
+        ["manifest", "--all"],
+        ["verify"],
+    ):
+        assert server_cli.main(config + verb) == server_cli.EXIT_NOT_MOUNTED, verb
+        said = capsys.readouterr()
+        assert "backup drive %s is not mounted" % server.root in said.err, verb
+    for request in ("list", "locate .", "manifest", "finalize 0", LAPTOP_ARGV):
+        assert server.gate(monkeypatch, request) == server_cli.EXIT_NOT_MOUNTED, request
+        assert "is not mounted" in capsys.readouterr().err
+    assert server.tree() == before
+
+    # The watchdog: one finding about the drive, not "no finished snapshot".
+    assert server_cli.main(config + ["check"]) == server_cli.EXIT_NOT_MOUNTED
+    out = capsys.readouterr().out
+    assert "backup drive %s is not mounted (since " % server.root in out
+    assert "no finished snapshot" not in out
+    first = (state / "drive-absent-since").read_text()
+    assert alerts.read_text().startswith("drive|backup drive %s is not mounted" % server.root)
+    prom = (metrics / "linkdest.prom").read_text()
+    assert "linkdest_drive_mounted 0" in prom
+    assert "linkdest_snapshots" not in prom
+    assert server_cli.main(config + ["check"]) == server_cli.EXIT_NOT_MOUNTED
+    assert (state / "drive-absent-since").read_text() == first  # since when, kept
+    assert server.tree() == before
+
+    # The drive is back: the record of its absence goes, the check reads it.
+    configure(server, root_must_be_mount=False)
+    server_cli.main(config + ["check"])
+    assert not (state / "drive-absent-since").exists()
+    assert "linkdest_drive_mounted 1" in (metrics / "linkdest.prom").read_text()

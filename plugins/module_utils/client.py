@@ -32,6 +32,7 @@ import tempfile
 import time
 import traceback
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -291,6 +292,26 @@ def itemized_difference(line: str) -> str | None:
     return None
 
 
+def sent_manifest(lines, rel: str) -> tuple[dict | None, Iterator[mf.Entry]]:
+    """A manifest as the gate sends it (a JSON line of what verify knows, then
+    the manifest): its header (None if it is not one), and its entries at or
+    under ``rel`` ("." for all)."""
+    lines = iter(lines)
+    header = json.loads(next(lines, "null") or "null")
+    if not isinstance(header, dict) or not next(lines, "").startswith(mf.MAGIC + " "):
+        return None, iter(())
+
+    def entries() -> Iterator[mf.Entry]:
+        for line in lines:
+            if line.startswith("end "):
+                return
+            entry = mf.entry_of(line.rstrip("\n"))
+            if rel == "." or entry.path == rel or entry.path.startswith(rel + "/"):
+                yield entry
+
+    return header, entries()
+
+
 def compare_with_manifest(lines, source: str, rel: str, follow: bool, out) -> int:
     """``verify``: compare the folder with a manifest the server sent.
 
@@ -299,18 +320,12 @@ def compare_with_manifest(lines, source: str, rel: str, follow: bool, out) -> in
     Returns EXIT_DAMAGED when a file differs without a trace or the server
     reported damage, else 0.
     """
-    lines = iter(lines)
-    header = json.loads(next(lines, "null") or "null")
-    if not isinstance(header, dict) or not next(lines, "").startswith(mf.MAGIC + " "):
+    header, entries = sent_manifest(lines, rel)
+    if header is None:
         out.write("linkdest: the server sent no manifest\n")
         return codes.EXIT_NOT_FOUND
     counts = {"same": 0, "changed": 0, "deleted": 0, "differs": 0}
-    for line in lines:
-        if line.startswith("end "):
-            break
-        entry = mf.entry_of(line.rstrip("\n"))
-        if rel != "." and entry.path != rel and not entry.path.startswith(rel + "/"):
-            continue
+    for entry in entries:
         full = os.path.join(source, entry.path)
         try:
             st = os.stat(full) if follow else os.lstat(full)
@@ -354,18 +369,12 @@ def check_restored_tree(lines, target: str, rel: str, out) -> tuple[bool, set[st
     must be in ``target`` as a regular file with its size, mtime (to the
     second) and bytes. Says what differs and how it went; returns whether all
     were the same, and the manifest's paths (relative to the snapshot)."""
-    lines = iter(lines)
-    header = json.loads(next(lines, "null") or "null")
-    if not isinstance(header, dict) or not next(lines, "").startswith(mf.MAGIC + " "):
+    header, entries = sent_manifest(lines, rel)
+    if header is None:
         out.write("check: the server sent no manifest\n")
         return False, set()
     same, bad, paths = 0, 0, set()
-    for line in lines:
-        if line.startswith("end "):
-            break
-        entry = mf.entry_of(line.rstrip("\n"))
-        if rel != "." and entry.path != rel and not entry.path.startswith(rel + "/"):
-            continue
+    for entry in entries:
         paths.add(entry.path)
         inside = entry.path if rel == "." else entry.path[len(rel) + 1 :]
         full = os.path.join(target, inside) if inside else target

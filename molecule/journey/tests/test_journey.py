@@ -17,7 +17,6 @@ import sys
 import tempfile
 
 import linkdest_testlib as lib
-import yaml
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 SERVER_ADDRESS = "172.30.87.10"
@@ -62,19 +61,13 @@ def ansible(program: str, *args: str, **env) -> subprocess.CompletedProcess:
 def inventory_with_new_laptop(directory: str) -> str:
     """The inventory after the loss: journey-old gone from it, journey-new a
     laptop that inherits journey-old's history (what the user edits)."""
-    source = pathlib.Path(os.environ["MOLECULE_INVENTORY_FILE"])
-    data = yaml.safe_load(source.read_text(encoding="utf-8"))
-    for group in data.values():
-        if isinstance(group, dict) and isinstance(group.get("hosts"), dict):
-            group["hosts"].pop("journey-old", None)
-    laptops = data.setdefault("laptops", {})
-    laptops["hosts"] = {"journey-new": {"backup_client_inherit": "journey-old"}}
-    target = pathlib.Path(directory) / "hosts.yml"
-    target.write_text(yaml.safe_dump(data), encoding="utf-8")
-    for name in ("group_vars", "host_vars"):
-        if (source.parent / name).is_dir():
-            (pathlib.Path(directory) / name).symlink_to(source.parent / name)
-    return str(target)
+
+    def edit(data: dict) -> None:
+        lib.without_host(data, "journey-old")
+        laptops = data.setdefault("laptops", {})
+        laptops["hosts"] = {"journey-new": {"backup_client_inherit": "journey-old"}}
+
+    return lib.edited_inventory(directory, edit)
 
 
 def tree(host) -> dict:

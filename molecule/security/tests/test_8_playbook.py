@@ -15,7 +15,6 @@ import tempfile
 
 import linkdest_testlib as lib
 import pytest
-import yaml
 from conftest import REPO, alice, offered_methods, server_address
 
 PLANTED_DROP_IN = "/etc/ssh/sshd_config.d/00-cloud-init.conf"
@@ -45,17 +44,7 @@ def site(inventory: str, *extra: str) -> subprocess.CompletedProcess:
 
 def inventory_without(directory: str, host: str) -> str:
     """A copy of the scenario's inventory without ``host``, with its group_vars."""
-    source = pathlib.Path(os.environ["MOLECULE_INVENTORY_FILE"])
-    data = yaml.safe_load(source.read_text(encoding="utf-8"))
-    for group in data.values():
-        if isinstance(group, dict) and isinstance(group.get("hosts"), dict):
-            group["hosts"].pop(host, None)
-    target = pathlib.Path(directory) / "hosts.yml"
-    target.write_text(yaml.safe_dump(data), encoding="utf-8")
-    for name in ("group_vars", "host_vars"):
-        if (source.parent / name).is_dir():
-            (pathlib.Path(directory) / name).symlink_to(source.parent / name)
-    return str(target)
+    return lib.edited_inventory(directory, lambda data: lib.without_host(data, host))
 
 
 @pytest.mark.parametrize(

@@ -8,12 +8,14 @@ from __future__ import annotations
 import base64
 import json
 import os
+import pathlib
 import shlex
 import subprocess
 import sys
 import time
 
 import testinfra
+import yaml
 
 ROOT = "/media/backup_drive"
 USER = "alice"
@@ -30,6 +32,28 @@ def get_host(name: str):
     """A test host by its container name, through docker exec (much faster
     than a round trip through Ansible for every command)."""
     return testinfra.get_host("docker://%s" % name)
+
+
+def edited_inventory(directory: str, edit) -> str:
+    """A copy of the scenario's inventory in ``directory``, changed by
+    ``edit(data)`` as an operator edits theirs, with its group_vars and
+    host_vars; the path of its hosts file."""
+    source = pathlib.Path(os.environ["MOLECULE_INVENTORY_FILE"])
+    data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    edit(data)
+    target = pathlib.Path(directory) / "hosts.yml"
+    target.write_text(yaml.safe_dump(data), encoding="utf-8")
+    for name in ("group_vars", "host_vars"):
+        if (source.parent / name).is_dir():
+            (pathlib.Path(directory) / name).symlink_to(source.parent / name)
+    return str(target)
+
+
+def without_host(data: dict, host: str) -> None:
+    """Take ``host`` out of every group of an inventory."""
+    for group in data.values():
+        if isinstance(group, dict) and isinstance(group.get("hosts"), dict):
+            group["hosts"].pop(host, None)
 
 
 def as_user(host, command: str, env: str = ""):

@@ -12,8 +12,12 @@ containers over real ssh.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import pty
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -186,3 +190,64 @@ def test_a_file_changed_right_after_the_restore_is_sent_by_the_next_backup(
     except OSError:
         mode = stored.stat().st_mode
     assert stat.S_IMODE(mode) == 0o644
+
+
+RESTORE_ON_A_TERMINAL = """
+import dataclasses, json, sys
+from ansible_collections.linkdest.backup.plugins.module_utils import client
+values = json.loads(sys.argv[1])
+settings = client.Settings.from_mapping(values["settings"], environ={})
+command = client.Linkdest(settings, quiet=True)
+command.ssh_program = values["ssh"]
+try:
+    sys.exit(command.restore(None, None, values["to"], False))
+except client.Finished as finished:
+    sys.exit(finished.code)
+"""
+
+
+def test_a_restore_on_a_terminal_shows_its_progress(rig, tmp_path):
+    """A person restoring a big folder sees how far it got; cron and
+    playbooks (no terminal) get the summary lines only."""
+    settings = dataclasses.asdict(rig.settings)
+    values = {"settings": settings, "ssh": rig.fake_ssh, "to": str(tmp_path / "on-a-terminal")}
+    primary, secondary = pty.openpty()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    run = subprocess.Popen(
+        [sys.executable, "-c", RESTORE_ON_A_TERMINAL, json.dumps(values)],
+        stdin=subprocess.DEVNULL,
+        stdout=secondary,
+        stderr=secondary,
+        env=env,
+    )
+    os.close(secondary)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert run.wait(timeout=120) == 0, seen
+    os.close(primary)
+    text = seen.decode("utf-8", "replace")
+    assert "to-chk=0/" in text, text  # rsync's progress2 line, to the last file
+    assert "check: 6 file(s) the same" in text
+
+    piped = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            RESTORE_ON_A_TERMINAL,
+            json.dumps(dict(values, to=values["to"] + "2")),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert "to-chk" not in piped.stdout + piped.stderr

@@ -19,7 +19,24 @@ import tempfile
 import linkdest_testlib as lib
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
-SERVER_ADDRESS = "172.30.87.10"
+
+
+def server_address() -> str:
+    """The server's address on the scenario's network (the one Ansible dials)."""
+    return subprocess.run(
+        [
+            "docker",
+            "inspect",
+            "-f",
+            '{{ (index .NetworkSettings.Networks "linkdest-journey").IPAddress }}',
+            "journey-server",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
 ADMIN_KEYS = "/home/admin/.ssh/authorized_keys"
 OLD_AREA = lib.ROOT + "/journey-old"
 BIG = "Videos/holiday.mov"
@@ -100,7 +117,7 @@ def tree(host) -> dict:
 def test_ansible_came_in_as_admin_and_sshd_is_key_only(server):
     """Converge logged in as admin; sshd is now key-only and admin's key
     still opens a fresh session (the guard's promise)."""
-    effective = server.run("/usr/sbin/sshd -T -C user=admin,host=x,addr=172.30.87.1").stdout
+    effective = server.run("/usr/sbin/sshd -T -C user=admin,host=x,addr=192.0.2.1").stdout
     assert "passwordauthentication no" in effective.splitlines()
     assert "permitrootlogin no" in effective.splitlines()
     login = subprocess.run(
@@ -116,7 +133,7 @@ def test_ansible_came_in_as_admin_and_sshd_is_key_only(server):
             "StrictHostKeyChecking=yes",
             "-o",
             "BatchMode=yes",
-            "admin@" + SERVER_ADDRESS,
+            "admin@" + server_address(),
             "sudo -n id -un",
         ],
         capture_output=True,

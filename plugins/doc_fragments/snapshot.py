@@ -16,6 +16,16 @@ options:
       - Keep it shallow; every path component costs rsync time per file.
     type: path
     default: /media/backup_drive
+  root_must_be_mount:
+    description:
+      - Fail, before anything is read or written, when O(root) is not a mount point, with
+        RV(drive_mounted=false) in the result.
+      - An unplugged drive leaves an empty directory on the system disk, which would read as a
+        drive with no snapshots and, written to, fill the system disk.
+      - Set it to V(false) only where O(root) is a plain directory on purpose, as the role's
+        C(backup_server_root_must_be_mount) does.
+    type: bool
+    default: true
   client:
     description:
       - The client's area name, a single directory directly under O(root).

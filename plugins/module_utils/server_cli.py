@@ -218,13 +218,8 @@ def link_dests_for(config: Config, area: str, backend: str | None = None) -> lis
 
 
 def drive_missing(config: Config) -> str | None:
-    """Why the backup drive is not there, or None: the one check every verb
-    that touches the drive makes first. An unplugged drive leaves an empty
-    directory on the system disk; read, it looks like a drive with no
-    snapshots, and written, it fills the system disk."""
-    if config.root_must_be_mount and not os.path.ismount(config.root):
-        return "backup drive %s is not mounted" % config.root
-    return None
+    """Why the backup drive is not there, or None (snapshots.drive_missing)."""
+    return snap.drive_missing(config.root, config.root_must_be_mount)
 
 
 def refuse_missing_drive(config: Config, client: str) -> int | None:
@@ -1170,7 +1165,14 @@ def cmd_verify(
         raise gate_lib.GateRefused("verify: only root runs this")
     out = (lambda text: None) if quiet else (lambda text: sys.stdout.write(text + "\n"))
     mirror_root, why_not = _mirror_drive()
-    if mirror_root is None:
+    # A mirror that is set up but whose drive is not there is said even with
+    # --quiet and makes the run fail (after the backup drive is verified): a
+    # pass over one drive of two is not the scrub the cron job promised.
+    mirror_absent = mirror_root is None and os.path.exists(MIRROR_CONFIG)
+    if mirror_absent:
+        _log("-", "verify: only the backup drive: " + why_not, syslog.LOG_ERR)
+        sys.stderr.write("linkdest-server: verify: only the backup drive: %s\n" % why_not)
+    elif mirror_root is None:
         out("verify: only the backup drive: %s" % why_not)
     run = scrub.run_verify(
         config.root,
@@ -1221,7 +1223,7 @@ def cmd_verify(
             % (len(run.damaged), len(run.problems), "; ".join((lines + run.problems)[:20])),
         )
         return EXIT_DAMAGED
-    return 0
+    return EXIT_NOT_MOUNTED if mirror_absent else 0
 
 
 # How far from the server's clock a run's name may be when root starts it

@@ -79,6 +79,36 @@ class LockBusyError(SnapshotError):
     """Another run holds the area's lock."""
 
 
+class DriveMissingError(SnapshotError):
+    """The backup drive is not mounted where it should be."""
+
+
+def drive_missing(root: str, must_be_mount: bool = True) -> str | None:
+    """Why the backup drive is not there, or None: the one check everything
+    that touches the drive makes first (the server's verbs, the gate, the
+    modules). An unplugged drive leaves an empty directory on the system disk;
+    read, it looks like a drive with no snapshots, and written, it fills the
+    system disk."""
+    if must_be_mount and not os.path.ismount(root):
+        return "backup drive %s is not mounted" % root
+    return None
+
+
+def client_area(root: str, client: str, must_be_mount: bool = True) -> str:
+    """The path of one client's area: a plain name directly under a drive that
+    is there, a real directory (not a symlink). Raises DriveMissingError or
+    LayoutError, before anything reads or writes."""
+    if client in ("", ".", "..") or "/" in client or "\0" in client:
+        raise LayoutError("client must be a plain directory name, got %r" % client)
+    missing = drive_missing(root, must_be_mount)
+    if missing is not None:
+        raise DriveMissingError(missing)
+    area = os.path.join(root, client)
+    if os.path.islink(area) or not os.path.isdir(area):
+        raise LayoutError("backup area %s does not exist or is not a directory" % area)
+    return area
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """One snapshot directory of an area, finished or incomplete."""

@@ -101,12 +101,18 @@ current:
   returned: success
   type: str
   sample: back-2026-11-26T11_40_37
+drive_mounted:
+  description: V(false) when the module failed because O(root) is not mounted.
+  returned: failure, when O(root) is not mounted
+  type: bool
+  sample: false
 """
 
 import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.linkdest.backup.plugins.module_utils.module_area import area_or_fail
 from ansible_collections.linkdest.backup.plugins.module_utils.snapshots import (
     SnapshotError,
     apply_finalize,
@@ -115,17 +121,6 @@ from ansible_collections.linkdest.backup.plugins.module_utils.snapshots import (
     plan_finalize,
     read_current,
 )
-
-
-def client_area(module):
-    """The client's area, or fail: a plain name directly under root, a real directory."""
-    client = module.params["client"]
-    if client in ("", ".", "..") or "/" in client or "\0" in client:
-        module.fail_json(msg="client must be a plain directory name, got %r" % client)
-    area = os.path.join(module.params["root"], client)
-    if os.path.islink(area) or not os.path.isdir(area):
-        module.fail_json(msg="backup area %s does not exist or is not a directory" % area)
-    return area
 
 
 def diff_of(plan, incomplete):
@@ -148,6 +143,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             root=dict(type="path", default="/media/backup_drive"),
+            root_must_be_mount=dict(type="bool", default=True),
             client=dict(type="str", required=True),
             snapshot=dict(type="str", required=True),
             update_current=dict(type="bool", default=True),
@@ -158,7 +154,7 @@ def main():
     params = module.params
     if params["lock_timeout"] < 0:
         module.fail_json(msg="lock_timeout must be 0 or more seconds")
-    area = client_area(module)
+    area = area_or_fail(module)
 
     def plan_now():
         plan = plan_finalize(area, params["snapshot"], params["update_current"])

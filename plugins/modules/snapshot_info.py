@@ -147,12 +147,17 @@ current:
   returned: success
   type: str
   sample: back-2026-11-26T11_40_37
+drive_mounted:
+  description: V(false) when the module failed because O(root) is not mounted.
+  returned: failure, when O(root) is not mounted
+  type: bool
+  sample: false
 """
 
-import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.linkdest.backup.plugins.module_utils.module_area import area_or_fail
 from ansible_collections.linkdest.backup.plugins.module_utils.retention import added_usage
 from ansible_collections.linkdest.backup.plugins.module_utils.scrub import (
     read_state,
@@ -166,21 +171,11 @@ from ansible_collections.linkdest.backup.plugins.module_utils.snapshots import (
 )
 
 
-def client_area(module):
-    """The client's area, or fail: a plain name directly under root, a real directory."""
-    client = module.params["client"]
-    if client in ("", ".", "..") or "/" in client or "\0" in client:
-        module.fail_json(msg="client must be a plain directory name, got %r" % client)
-    area = os.path.join(module.params["root"], client)
-    if os.path.islink(area) or not os.path.isdir(area):
-        module.fail_json(msg="backup area %s does not exist or is not a directory" % area)
-    return area
-
-
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             root=dict(type="path", default="/media/backup_drive"),
+            root_must_be_mount=dict(type="bool", default=True),
             client=dict(type="str", required=True),
             disk_usage=dict(type="bool", default=False),
             verification=dict(type="bool", default=False),
@@ -188,7 +183,7 @@ def main():
         ),
         supports_check_mode=True,
     )
-    area = client_area(module)
+    area = area_or_fail(module)
     try:
         current = read_current(area)
         finished = list_snapshots(area)

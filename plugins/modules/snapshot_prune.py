@@ -204,13 +204,18 @@ free:
     total_inodes: 61054976
     free_inodes: 60000000
     still_short: null
+drive_mounted:
+  description: V(false) when the module failed because O(root) is not mounted.
+  returned: failure, when O(root) is not mounted
+  type: bool
+  sample: false
 """
 
-import os
 from datetime import datetime, timezone
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.linkdest.backup.plugins.module_utils.module_area import area_or_fail
 from ansible_collections.linkdest.backup.plugins.module_utils.retention import (
     Policy,
     PruneError,
@@ -224,17 +229,6 @@ from ansible_collections.linkdest.backup.plugins.module_utils.snapshots import (
 )
 
 POLICY_OPTIONS = ("keep_all_hours", "daily_days", "weekly_weeks", "max_age_days", "min_keep")
-
-
-def client_area(module):
-    """The client's area, or fail: a plain name directly under root, a real directory."""
-    client = module.params["client"]
-    if client in ("", ".", "..") or "/" in client or "\0" in client:
-        module.fail_json(msg="client must be a plain directory name, got %r" % client)
-    area = os.path.join(module.params["root"], client)
-    if os.path.islink(area) or not os.path.isdir(area):
-        module.fail_json(msg="backup area %s does not exist or is not a directory" % area)
-    return area
 
 
 def result_of(report, client, diff):
@@ -260,6 +254,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             root=dict(type="path", default="/media/backup_drive"),
+            root_must_be_mount=dict(type="bool", default=True),
             client=dict(type="str", required=True),
             keep_all_hours=dict(type="int", default=24),
             daily_days=dict(type="int", default=30),
@@ -298,7 +293,7 @@ def main():
             )
     except RetentionError as exc:
         module.fail_json(msg=str(exc))
-    area = client_area(module)
+    area = area_or_fail(module)
     client = params["client"]
 
     def run(dry_run):

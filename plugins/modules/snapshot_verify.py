@@ -29,6 +29,15 @@ options:
       - The backup drive, the directory that holds one area per client.
     type: path
     default: /media/backup_drive
+  root_must_be_mount:
+    description:
+      - Fail, before anything is read or written, when O(root) or O(other_root) is not a mount
+        point, with RV(drive_mounted=false) in the result.
+      - An unplugged drive leaves an empty directory on the system disk, which would verify as a
+        drive with no snapshots.
+      - Set it to V(false) only where the drives are plain directories on purpose.
+    type: bool
+    default: true
   other_root:
     description:
       - The mirror drive (C(backup_mirror_dest)); verified too, and the source of repairs for
@@ -157,12 +166,18 @@ manifests_made:
   returned: success
   type: int
   sample: 0
+drive_mounted:
+  description: V(false) when the module failed because a drive is not mounted.
+  returned: failure, when O(root) or O(other_root) is not mounted
+  type: bool
+  sample: false
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.linkdest.backup.plugins.module_utils.manifest import ManifestError
 from ansible_collections.linkdest.backup.plugins.module_utils.mirror import list_areas
+from ansible_collections.linkdest.backup.plugins.module_utils.module_area import drive_or_fail
 from ansible_collections.linkdest.backup.plugins.module_utils.scrub import run_verify
 from ansible_collections.linkdest.backup.plugins.module_utils.snapshots import SnapshotError
 
@@ -171,6 +186,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             root=dict(type="path", default="/media/backup_drive"),
+            root_must_be_mount=dict(type="bool", default=True),
             other_root=dict(type="path"),
             clients=dict(type="list", elements="str"),
             sample_percent=dict(type="float"),
@@ -187,6 +203,9 @@ def main():
         module.fail_json(msg="sample_percent must be above 0 and at most 100")
     if params["max_time"] is not None and params["max_time"] <= 0:
         module.fail_json(msg="max_time must be above 0 seconds")
+    for root in (params["root"], params["other_root"]):
+        if root is not None:
+            drive_or_fail(module, root)
     clients = params["clients"] if params["clients"] is not None else list_areas(params["root"])
     for client in clients:
         if client in ("", ".", "..") or "/" in client or "\0" in client:

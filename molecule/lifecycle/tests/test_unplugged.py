@@ -50,6 +50,14 @@ def test_every_verb_and_a_laptop_name_the_unplugged_drive(server, laptop):
                 "check",
             )
         }
+        modules = {
+            module: lib.run_module("lifecycle-server", "linkdest.backup." + module, args)
+            for module, args in (
+                ("snapshot_info", {"client": CLIENT}),
+                ("snapshot_prune", {"client": CLIENT, "max_age_days": 1, "min_keep": 1}),
+                ("snapshot_verify", {"restart": True}),
+            )
+        }
         backup = lib.backup(laptop)
         status_run = status_playbook()
         log = laptop.file(lib.HOME + "/.local/state/linkdest/linkdest.log").content_string
@@ -61,6 +69,10 @@ def test_every_verb_and_a_laptop_name_the_unplugged_drive(server, laptop):
         assert result.rc == 72, (verb, result.stdout, result.stderr)
         assert MISSING in result.stdout + result.stderr, verb
     assert "(since " in results["check"].stdout
+    for module, result in modules.items():
+        assert result.get("failed"), (module, result)
+        assert result["msg"] == MISSING, module
+        assert result["drive_mounted"] is False, module
     # The fleet table names the drive on every row and fails at its end.
     table = status_run.stdout + status_run.stderr
     assert status_run.returncode != 0, table[-3000:]

@@ -235,3 +235,34 @@ def test_the_verify_state_and_metrics_record_the_last_complete_pass(host, clean)
     for drive in (SRC, DST):
         assert state["drives"][drive]["last_complete"]
         assert state["drives"][drive]["damage"] == []
+
+
+def test_an_unplugged_mirror_drive_is_named_and_left_untouched(host, clean):
+    # The mirror drive's mount moved away, as an unplug leaves it: an empty
+    # directory on the system disk where the drive was.
+    away = "/mnt/unplugged-mirror"
+    before = contents(host, MIRROR_AREA)
+    assert host.run("mkdir -p %s && mount --move %s %s" % (away, DST, away)).rc == 0
+    try:
+        result = verify(host, "--quiet --restart")
+        module = lib.run_module(
+            "mirror-server", "linkdest.backup.snapshot_verify", {"other_root": DST, "restart": True}
+        )
+        left_behind = host.run("find %s -mindepth 1" % DST).stdout
+    finally:
+        assert host.run("mount --move %s %s" % (away, DST)).rc == 0
+    assert result.rc == 72, result.stdout + result.stderr
+    assert result.stdout == ""
+    assert (
+        "only the backup drive: the mirror drive is not available: destination drive %s" % DST
+        in result.stderr
+    )
+    assert module.get("failed"), module
+    assert module["msg"] == "backup drive %s is not mounted" % DST
+    assert module["drive_mounted"] is False
+    assert left_behind == ""
+    # The drive is back: both drives verify as before.
+    again = verify(host, "--restart")
+    assert again.rc == 0, again.stdout + again.stderr
+    assert again.stdout.count("end of the drive") == 2
+    assert contents(host, MIRROR_AREA) == before

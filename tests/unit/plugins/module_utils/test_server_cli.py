@@ -865,6 +865,35 @@ def test_verify_repairs_drive_one_from_the_mirror_and_reports_both_bad(server, m
     assert 'linkdest_damaged_files{drive="%s"} 2' % second in text
 
 
+def test_verify_with_the_mirror_drive_unplugged_checks_drive_one_and_says_so(
+    server, monkeypatch, capsys
+):
+    data = json.loads(server.config.read_text())
+    server.config.write_text(json.dumps(dict(data, state_dir=str(server.tmp / "state"))))
+    (server.src / "a").write_text("alpha " * 500)
+    name = backup_and_finalize(server, monkeypatch, capsys)
+    second = mirror_setup(server, monkeypatch)
+    config_path = Path(server_cli.MIRROR_CONFIG)
+    assert mirror.run(mirror.load_config(str(config_path))).outcome == "ok"
+    # As the role writes it: the mirror drive must be a mount, and now it is not.
+    mirror_data = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps(dict(mirror_data, destination_must_be_mount=True)))
+    before = sorted(p.name for p in second.iterdir())
+
+    assert verify_cli(server, "--quiet", "--restart") == server_cli.EXIT_NOT_MOUNTED
+    said = capsys.readouterr()
+    assert said.out == ""
+    assert (
+        "verify: only the backup drive: the mirror drive is not available: destination drive"
+        " %s is not a mount point" % second in said.err
+    )
+    assert sorted(p.name for p in second.iterdir()) == before
+    # Drive one was still verified, and damage there outranks the missing drive.
+    lib.flip_byte(server.area / name / "a")
+    assert verify_cli(server, "--restart", "--no-repair") == server_cli.EXIT_DAMAGED
+    assert "content differs from the manifest" in capsys.readouterr().out
+
+
 def test_verify_slices_go_on_where_the_last_stopped(server, monkeypatch, capsys):
     data = json.loads(server.config.read_text())
     server.config.write_text(json.dumps(dict(data, state_dir=str(server.tmp / "state"))))

@@ -36,7 +36,11 @@ def run_module(monkeypatch):
     monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
 
     def run(module, args, check=False, diff=False):
-        args = dict(args, _ansible_check_mode=check, _ansible_diff=diff)
+        # The tests' drives are plain directories under tmp_path; the tests of
+        # the mount check itself pass root_must_be_mount=True.
+        args = dict(
+            {"root_must_be_mount": False}, **args, _ansible_check_mode=check, _ansible_diff=diff
+        )
         with patch_module_args(args), pytest.raises(ModuleExit) as caught:
             module.main()
         return isinstance(caught.value, ModuleFail), caught.value.result

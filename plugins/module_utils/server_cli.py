@@ -20,7 +20,7 @@ import stat
 import subprocess
 import sys
 import syslog
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 from ansible_collections.linkdest.backup.plugins.module_utils import codes, retention, subvolumes
 from ansible_collections.linkdest.backup.plugins.module_utils import gate as gate_lib
@@ -36,6 +36,9 @@ RECEIVED_MARKER = ".linkdest-received"
 # A clone prepared for a change list: {"incomplete": NAME, "base": NAME}.
 CHANGES_MARKER = ".linkdest-changes"
 JOURNAL = ".linkdest-journal"
+# What the account writes in a btrfs area, whose directory is root's: files
+# root made for it (root_helper.py), written in place.
+ACCOUNT_FILES = (JOURNAL, RECEIVED_MARKER, CHANGES_MARKER)
 
 # Exit codes the laptop must read the same way: one table, in codes.py.
 EXIT_REFUSED = codes.EXIT_REFUSED
@@ -110,25 +113,24 @@ def _log(client: str, message: str, priority: int = syslog.LOG_INFO) -> None:
 
 
 def _journal(area: str, **fields) -> None:
+    """One line in the area's journal (for people: a failure only warns)."""
     fields["time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    with open(os.path.join(area, JOURNAL), "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(fields, sort_keys=True) + "\n")
+    try:
+        snap.write_area_file(area, JOURNAL, json.dumps(fields, sort_keys=True) + "\n", append=True)
+    except OSError as exc:
+        _log("-", "could not write the journal of %s: %s" % (area, exc), syslog.LOG_WARNING)
 
 
 def _read_marker(area: str) -> tuple[str, int] | None:
     try:
-        with open(os.path.join(area, RECEIVED_MARKER), encoding="utf-8") as handle:
-            name, code = handle.read().split()
+        name, code = snap.read_area_file(area, RECEIVED_MARKER).split()
         return name, int(code)
-    except (FileNotFoundError, ValueError):
+    except ValueError:
         return None
 
 
 def _write_marker(area: str, name: str, code: int) -> None:
-    tmp = os.path.join(area, RECEIVED_MARKER + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write("%s %d\n" % (name, code))
-    os.replace(tmp, os.path.join(area, RECEIVED_MARKER))
+    snap.write_area_file(area, RECEIVED_MARKER, "%s %d\n" % (name, code))
 
 
 RECEIVE_LOCK_WAIT = 60
@@ -302,15 +304,14 @@ def _gate_receive(config: Config, client: str, area: str, request) -> int:
 
 def _take_changes_marker(area: str) -> dict | None:
     """The prepared clone's marker, removed: one upload uses it, at most."""
-    path = os.path.join(area, CHANGES_MARKER)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            prepared = json.load(handle)
-    except FileNotFoundError:
+    text = snap.read_area_file(area, CHANGES_MARKER)
+    if not text:
         return None
+    try:
+        prepared = json.loads(text)
     except ValueError:
         prepared = None
-    os.unlink(path)
+    snap.clear_area_file(area, CHANGES_MARKER)
     return prepared if isinstance(prepared, dict) else None
 
 
@@ -424,10 +425,9 @@ def _gate_changes(config: Config, client: str, area: str, request, stdin=None) -
                 _log(client, "refused change list: %s" % exc, syslog.LOG_WARNING)
                 sys.stderr.write("linkdest-server: refused: %s\n" % exc)
                 return EXIT_REFUSED
-            tmp = os.path.join(area, CHANGES_MARKER + ".tmp")
-            with open(tmp, "w", encoding="utf-8") as handle:
-                json.dump({"incomplete": name, "base": base.name}, handle)
-            os.replace(tmp, os.path.join(area, CHANGES_MARKER))
+            snap.write_area_file(
+                area, CHANGES_MARKER, json.dumps({"incomplete": name, "base": base.name})
+            )
             _log(
                 client,
                 "prepared %s from %s: %d listed, %d removed"
@@ -459,7 +459,7 @@ def _gate_finalize(config: Config, client: str, area: str, request) -> int:
             sys.stderr.write("linkdest-server: kept %s incomplete: %s\n" % (name, result.message))
             return EXIT_NOT_FINALIZED
         plan = snap.finalize(area, name, privileged=ask_root(config))
-        os.unlink(os.path.join(area, RECEIVED_MARKER))
+        snap.clear_area_file(area, RECEIVED_MARKER)
         # The interrupted runs this one resumed are superseded now. The
         # snapshot is finished whatever happens here: a failure only warns.
         for stale in snap.list_incomplete(area):
@@ -806,7 +806,13 @@ FAKE_SUPER_XATTR = "user.rsync.%stat"
 AREA_FILES = (snap.LOCK_FILE, JOURNAL, RECEIVED_MARKER)
 
 
-def _adoptable(name: str, st: os.stat_result) -> bool:
+def _adoptable(name: str, st: os.stat_result, roots_layout: bool) -> bool:
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == 0 and st.st_ino == subvolumes.SUBVOLUME_ROOT_INODE:
+        return False  # a sealed btrfs snapshot: root's by design
+    if roots_layout and name in (snap.LOCK_FILE, snap.CURRENT_LINK):
+        # A btrfs area's lock and `current` are root's: the account opens the
+        # lock read-only, and only root's seal moves `current`.
+        return False
     if name == snap.CURRENT_LINK:
         return stat.S_ISLNK(st.st_mode)
     if name in AREA_FILES:
@@ -832,7 +838,9 @@ def _record_and_chown(fd: int, st: os.stat_result, uid: int, gid: int, xattrs: l
     os.fchown(fd, uid, gid)
 
 
-def adopt_area(area: str, uid: int, gid: int, dry_run: bool = False) -> dict[str, int]:
+def adopt_area(
+    area: str, uid: int, gid: int, dry_run: bool = False, roots_layout: bool = False
+) -> dict[str, int]:
     """Hand the snapshots another user made in ``area`` to ``uid``:``gid``.
 
     Returns, per adopted top-level entry (snapshot, incomplete snapshot,
@@ -845,7 +853,10 @@ def adopt_area(area: str, uid: int, gid: int, dry_run: bool = False) -> dict[str
     through their descriptor, symlinks are changed with lchown; nothing is
     ever followed out of the area. Bottom-up, so a snapshot's own directory
     changes last and an interrupted run is finished by the next one.
-    Entries the account already owns are left as they are.
+    Entries the account already owns are left as they are, and so are
+    sealed btrfs snapshots (root's read-only subvolumes) and, with
+    ``roots_layout`` (a btrfs area whose directory is root's), the lock and
+    ``current``.
     """
     area_fd = os.open(area, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     adopted = {}
@@ -853,7 +864,7 @@ def adopt_area(area: str, uid: int, gid: int, dry_run: bool = False) -> dict[str
     try:
         for entry in sorted(os.scandir(area_fd), key=lambda e: e.name):
             st = entry.stat(follow_symlinks=False)
-            if st.st_uid == uid or not _adoptable(entry.name, st):
+            if st.st_uid == uid or not _adoptable(entry.name, st, roots_layout):
                 continue
             if stat.S_ISDIR(st.st_mode):
                 adopted[entry.name] = _adopt_tree(area_fd, entry.name, uid, gid, dry_run, xattrs)
@@ -904,7 +915,15 @@ def cmd_adopt(config: Config, client: str, dry_run: bool = False) -> int:
 
     area = config.area(client)
     account = pwd.getpwnam(config.clients[client])
-    adopted = adopt_area(area, account.pw_uid, account.pw_gid, dry_run)
+    # A btrfs area's directory is root's (the role sets it), and so is its lock.
+    roots = config.backend_of(client) == "btrfs" and os.lstat(area).st_uid == 0
+    adopted = adopt_area(area, account.pw_uid, account.pw_gid, dry_run, roots_layout=roots)
+    if roots and not dry_run:
+        # The files the account writes there are made for it (also after a migration).
+        for name in snap.ensure_account_files(area, ACCOUNT_FILES, account.pw_uid, account.pw_gid):
+            adopted[name] = 1
+        if snap.ensure_lock_file(area):
+            adopted[snap.LOCK_FILE] = 1
     for name, count in adopted.items():
         sys.stdout.write(
             "%s %s (%d entries) to %s\n"
@@ -1012,119 +1031,6 @@ def cmd_check(config: Config, quiet: bool = False) -> int:
     return 0
 
 
-def cmd_subvolume(config: Config, operation: str, name: str) -> int:
-    """Root's half of a btrfs step, for the laptop account that ran sudo.
-
-    The sudo rule lets each backup account run only ``linkdest-server
-    subvolume`` as root. Who asks comes from sudo (SUDO_UID, which the caller
-    cannot set), never from the arguments; the area is that account's own, the
-    name must be an incomplete snapshot's, and the work is done on file
-    descriptors (snapshots.py), so nothing the account controls redirects it.
-    """
-    if os.geteuid() != 0:
-        raise gate_lib.GateRefused("subvolume: only root runs this (through sudo)")
-    try:
-        account = pwd.getpwuid(int(os.environ["SUDO_UID"])).pw_name
-    except (KeyError, ValueError) as exc:
-        raise gate_lib.GateRefused("subvolume: not called through sudo") from exc
-    clients = [c for c, a in config.clients.items() if a == account]
-    if len(clients) != 1:
-        raise gate_lib.GateRefused("subvolume: %s is no laptop's account" % account)
-    client = clients[0]
-    parsed = snap.parse_snapshot_name(name)
-    if operation not in subvolumes.HELPER_OPERATIONS or parsed is None or parsed.complete:
-        _log(client, "refused: subvolume %s %r" % (operation, name), syslog.LOG_WARNING)
-        raise gate_lib.GateRefused("subvolume: refused %s %r" % (operation, name))
-    if config.backend_of(client) != "btrfs":
-        raise gate_lib.GateRefused(
-            "subvolume: the backend of %s is %s" % (client, config.backend_of(client))
-        )
-    area = config.area(client)
-    runs = _StartedRuns(config.state_dir, client)
-    try:
-        if operation == "start":
-            # Named by the gate from the server's clock: an old or future name
-            # would let the account date a snapshot as it likes.
-            if abs(datetime.now(timezone.utc) - parsed.time) > START_SLACK:
-                raise gate_lib.GateRefused("subvolume: %s is not named for now" % name)
-            started = snap.start_subvolume(area, name)
-            runs.add(
-                name,
-                replaces=started[len("resumed ") :] if started.startswith("resumed ") else None,
-            )
-            _log(client, "started %s (%s)" % (name, started))
-        elif operation == "seal":
-            if name not in runs.names():
-                raise gate_lib.GateRefused("subvolume: root did not start %s" % name)
-            final = snap.seal_subvolume(area, name)
-            runs.remove(name)
-            _log(client, "sealed %s as %s" % (name, final))
-        else:
-            snap.discard_subvolume(area, name)
-            runs.remove(name)
-    except (FileExistsError, snap.NameCollisionError):
-        return HELPER_EXIT_EXISTS
-    return 0
-
-
-def _sudo_client(config: Config, verb: str) -> str | None:
-    """The laptop whose account called this through sudo; None for anyone else."""
-    try:
-        account = pwd.getpwuid(int(os.environ["SUDO_UID"])).pw_name
-    except (KeyError, ValueError):
-        return None
-    clients = [c for c, a in config.clients.items() if a == account]
-    if len(clients) > 1:
-        raise gate_lib.GateRefused("%s: %s is the account of several laptops" % (verb, account))
-    return clients[0] if clients else None
-
-
-def cmd_manifest(
-    config: Config, name: str | None, every: bool, quiet: bool = False, show: bool = False
-) -> int:
-    """Write missing manifests: one for a laptop's account (sudo), all for root.
-
-    Through the sudo rule a laptop's account names one finished snapshot of
-    its own area, whose manifest root writes (under the lock the account's
-    finalize holds). A manifest that is already there and trusted is never
-    rewritten, so the account cannot bless content changed after the fact.
-    """
-    from ansible_collections.linkdest.backup.plugins.module_utils import scrub
-
-    if os.geteuid() != 0:
-        raise gate_lib.GateRefused("manifest: only root runs this (laptops through sudo)")
-    client = _sudo_client(config, "manifest")
-    if client is not None:
-        parsed = snap.parse_snapshot_name(name or "")
-        if every or parsed is None or not parsed.complete:
-            _log(client, "refused: manifest %r" % name, syslog.LOG_WARNING)
-            raise gate_lib.GateRefused("manifest: refused %r" % name)
-        if show:
-            return show_manifest(config, client, name)
-        finished = snap.list_snapshots(config.area(client))
-        if not finished or finished[-1].name != name:
-            # Only the snapshot the account just finalized: older ones get
-            # theirs from root's daily `manifest --all`.
-            raise gate_lib.GateRefused("manifest: %s is not the newest snapshot" % name)
-        stats = scrub.make_manifest(config.root, client, name)
-        if stats is not None:
-            priority = syslog.LOG_ERR if stats.skipped else syslog.LOG_INFO
-            _log(client, "manifest of %s: %s" % (name, stats.describe()), priority)
-        return 0
-    if not every:
-        raise gate_lib.GateRefused("manifest: give --all (a laptop's account names a snapshot)")
-
-    def log(text: str) -> None:
-        _log("-", text)
-        if not quiet:
-            sys.stdout.write(text + "\n")
-
-    made = scrub.catch_up(config.root, sorted(config.clients), log=log)
-    if not quiet:
-        sys.stdout.write("%d manifest(s) made\n" % made)
-    return 0
-
-
 def _mirror_drive() -> tuple[str | None, str]:
     """The mirror drive's root when it is set up and present, else why not."""
     if not os.path.exists(MIRROR_CONFIG):
@@ -1224,42 +1130,6 @@ def cmd_verify(
         )
         return EXIT_DAMAGED
     return EXIT_NOT_MOUNTED if mirror_absent else 0
-
-
-# How far from the server's clock a run's name may be when root starts it
-# (the gate names runs from now, bumping by seconds on a collision).
-START_SLACK = timedelta(minutes=10)
-
-
-class _StartedRuns:
-    """The btrfs runs root started for one laptop, in a root-only directory:
-    only those are ever sealed into finished snapshots."""
-
-    def __init__(self, state_dir: str, client: str):
-        self.path = os.path.join(state_dir, "started-%s.json" % client)
-        self.state_dir = state_dir
-
-    def names(self) -> list[str]:
-        try:
-            with open(self.path, encoding="utf-8") as handle:
-                return list(json.load(handle))
-        except FileNotFoundError:
-            return []
-
-    def _write(self, names: list[str]) -> None:
-        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(sorted(set(names)), handle)
-        os.replace(tmp, self.path)
-
-    def add(self, name: str, replaces: str | None = None) -> None:
-        self._write([n for n in self.names() if n != replaces] + [name])
-
-    def remove(self, name: str) -> None:
-        names = self.names()
-        if name in names:
-            self._write([n for n in names if n != name])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1370,11 +1240,17 @@ def main(argv: list[str] | None = None) -> int:
                 config, clients, dry_run=args.dry_run, quiet=args.quiet, every=args.all
             )
         if args.command == "subvolume":
-            return cmd_subvolume(config, args.operation, args.name)
+            from ansible_collections.linkdest.backup.plugins.module_utils import root_helper
+
+            return root_helper.cmd_subvolume(config, args.operation, args.name)
         if args.command == "adopt":
             return cmd_adopt(config, args.client, dry_run=args.dry_run)
         if args.command == "manifest":
-            return cmd_manifest(config, args.snapshot, args.all, quiet=args.quiet, show=args.show)
+            from ansible_collections.linkdest.backup.plugins.module_utils import root_helper
+
+            return root_helper.cmd_manifest(
+                config, args.snapshot, args.all, quiet=args.quiet, show=args.show
+            )
         if args.command == "verify":
             if args.sample is not None and not 0 < args.sample <= 100:
                 raise gate_lib.GateRefused("verify: --sample must be a percentage above 0")

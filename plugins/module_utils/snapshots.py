@@ -79,6 +79,10 @@ class LockBusyError(SnapshotError):
     """Another run holds the area's lock."""
 
 
+class IdentityError(LayoutError):
+    """A subvolume under a name root knows is not the one root made there."""
+
+
 class DriveMissingError(SnapshotError):
     """The backup drive is not mounted where it should be."""
 
@@ -309,13 +313,20 @@ def area_lock(area: str, wait: float = 0.0):
     ``wait`` is how many seconds to wait for a busy lock; 0 fails at once.
     """
     path = os.path.join(area, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    # Read-only is enough for flock, so the laptop's account can lock a btrfs
+    # area, whose directory and lock file are root's.
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
-        # Root (the daily prune, the mirror, a module) must not leave the lock
-        # file root-owned: the laptop's account could never lock its area again.
+        # Root (the daily prune, the mirror, a module) must not leave a lock
+        # file the laptop's account cannot open: it could never lock its area again.
+        # (Explicit modes: root's umask may be 077 on a hardened system.)
         owner = os.lstat(area)
-        if os.geteuid() == 0 and os.fstat(fd).st_uid != owner.st_uid:
-            os.fchown(fd, owner.st_uid, owner.st_gid)
+        if os.geteuid() == 0:
+            st = os.fstat(fd)
+            if st.st_uid != owner.st_uid:
+                os.fchown(fd, owner.st_uid, owner.st_gid)
+            if stat.S_IMODE(st.st_mode) != 0o644:
+                os.fchmod(fd, 0o644)
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -330,6 +341,92 @@ def area_lock(area: str, wait: float = 0.0):
         yield fd
     finally:
         os.close(fd)
+
+
+# --- the area's own small files ------------------------------------------------
+#
+# A btrfs area's directory is root's (the account may create, rename or remove
+# no name in it, so it cannot touch a finished snapshot's name): the markers
+# and journal the account writes are files root made for it, written in place.
+
+
+def ensure_account_files(area: str, names: tuple[str, ...], uid: int, gid: int) -> list[str]:
+    """Make each of ``names`` a regular file of ``uid`` in the area (as root);
+    return those changed. Never follows a symlink: a non-file is refused."""
+    changed = []
+    area_fd = _open_area(area)
+    try:
+        for name in names:
+            flags = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            fd = os.open(name, flags, 0o600, dir_fd=area_fd)
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise LayoutError("%s in %s is not a plain file" % (name, area))
+                if (st.st_uid, st.st_gid) != (uid, gid):
+                    os.fchown(fd, uid, gid)
+                    changed.append(name)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(area_fd)
+    return changed
+
+
+def ensure_lock_file(area: str) -> bool:
+    """Make the area's lock file when it is missing (as root, for a btrfs area
+    whose directory is root's: the account opens it, it cannot create it).
+    True when it was made."""
+    flags = os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(os.path.join(area, LOCK_FILE), flags, 0o644)
+    except FileExistsError:
+        return False
+    try:
+        os.fchmod(fd, 0o644)  # whatever root's umask
+    finally:
+        os.close(fd)
+    return True
+
+
+def write_area_file(area: str, name: str, text: str, append: bool = False) -> None:
+    """Write (or append to) one of the area's small files, in place and synced.
+
+    In place, not by rename: a btrfs area lets the account write only the
+    files root made for it. Readers treat a torn or empty file as absent.
+    """
+    mode = os.O_APPEND if append else os.O_TRUNC
+    fd = os.open(
+        os.path.join(area, name),
+        os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | mode,
+        0o600,
+    )
+    try:
+        os.write(fd, text.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_area_file(area: str, name: str) -> str:
+    """One of the area's small files, "" when it is missing or empty."""
+    try:
+        fd = os.open(os.path.join(area, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return ""
+    with open(fd, encoding="utf-8", errors="replace") as handle:
+        return handle.read()
+
+
+def clear_area_file(area: str, name: str) -> None:
+    """Empty one of the area's small files (what removing it used to say)."""
+    try:
+        fd = os.open(
+            os.path.join(area, name), os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        )
+    except FileNotFoundError:
+        return
+    os.close(fd)
 
 
 # --- starting a snapshot ----------------------------------------------------
@@ -397,18 +494,21 @@ def _open_subvolume(area_fd: int, name: str) -> int | None:
     return fd
 
 
-def start_subvolume(area: str, name: str) -> str:
+def start_subvolume(area: str, name: str, owner: tuple[int, int] | None = None) -> str:
     """Create the incomplete subvolume ``name`` for a btrfs run (as root).
 
     It resumes the newest interrupted run (renamed, with what it received), or
     is a writable snapshot of ``current`` (rsync then rewrites only changed
-    blocks), or, the first time, empty. It belongs to the area's owner, the
-    laptop's account. Returns what it started from. Works on the area's file
-    descriptor and single names: the account cannot redirect root elsewhere.
+    blocks), or, the first time, empty. It belongs to ``owner`` (uid, gid), the
+    laptop's account (default: the area's owner). Returns what it started
+    from. Works on the area's file descriptor and single names: the account
+    cannot redirect root elsewhere.
     """
     area_fd = _open_area(area)
     try:
-        owner = os.fstat(area_fd)
+        if owner is None:
+            st = os.fstat(area_fd)
+            owner = (st.st_uid, st.st_gid)
         try:
             os.lstat(name, dir_fd=area_fd)
             raise FileExistsError(errno.EEXIST, "exists", name)
@@ -439,7 +539,7 @@ def start_subvolume(area: str, name: str) -> str:
                 started = "empty"
         fd = subvolumes.open_dir(name, dir_fd=area_fd)
         try:
-            os.fchown(fd, owner.st_uid, owner.st_gid)
+            os.fchown(fd, owner[0], owner[1])
             os.fchmod(fd, 0o700)
         finally:
             os.close(fd)
@@ -448,15 +548,56 @@ def start_subvolume(area: str, name: str) -> str:
         os.close(area_fd)
 
 
-def seal_subvolume(area: str, name: str) -> str:
+def subvolume_id_of(area: str, name: str) -> int | None:
+    """The id of the subvolume ``name`` of the area, None when it is none."""
+    area_fd = _open_area(area)
+    try:
+        fd = _open_subvolume(area_fd, name)
+        if fd is None:
+            return None
+        try:
+            return subvolumes.subvolume_id(fd)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(area_fd)
+
+
+def _check_identity(fd: int, name: str, expected_id: int | None) -> None:
+    if expected_id is None:
+        return
+    found = subvolumes.subvolume_id(fd)
+    if found != expected_id:
+        raise IdentityError(
+            "%s is subvolume %d, not the run %d root started under that name"
+            % (name, found, expected_id)
+        )
+
+
+def point_current_at_newest(area: str) -> str | None:
+    """Swap ``current`` to the newest finished snapshot when it names another
+    (root, after a seal: in a btrfs area only root may write names)."""
+    finished = list_snapshots(area)
+    if not finished:
+        return None
+    newest = finished[-1].name
+    if read_current(area) != newest:
+        swap_current(area, newest)
+    return newest
+
+
+def seal_subvolume(area: str, name: str, expected_id: int | None = None) -> str:
     """Finish the incomplete subvolume ``name`` as ``back-T`` (as root); return ``back-T``.
 
     The finished snapshot is a fresh read-only snapshot of the run's subvolume,
     made by root and owned by root: only a subvolume's owner may clear its
     read-only flag, no file the account still holds open for writing is in it,
     and no subvolume the account nested inside comes along (a snapshot does
-    not descend into them). The run's subvolume is then deleted. Never
-    replaces anything (a taken name raises NameCollisionError).
+    not descend into them). The run's subvolume is then deleted and
+    ``current`` names the newest finished snapshot. Never replaces anything
+    (a taken name raises NameCollisionError). With ``expected_id``, a
+    subvolume under ``name`` that is not that one is refused (IdentityError)
+    before anything changes.
     """
     final = SNAPSHOT_PREFIX + stamp_of(name)
     area_fd = _open_area(area)
@@ -465,6 +606,7 @@ def seal_subvolume(area: str, name: str) -> str:
         if fd is None:
             raise SnapshotNotFoundError("no subvolume %s in %s" % (name, area))
         try:
+            _check_identity(fd, name, expected_id)
             # The account may have set the flag itself: root owns it from here.
             if subvolumes.is_readonly_fd(fd):
                 subvolumes.set_readonly_fd(fd, False)
@@ -480,9 +622,10 @@ def seal_subvolume(area: str, name: str) -> str:
         finally:
             os.close(fd)
         _destroy_with_nested(area_fd, name)
-        return final
     finally:
         os.close(area_fd)
+    point_current_at_newest(area)
+    return final
 
 
 def _destroy_with_nested(parent_fd: int, name: str) -> None:
@@ -506,11 +649,14 @@ def _destroy_with_nested(parent_fd: int, name: str) -> None:
     subvolumes.destroy_at(parent_fd, name)
 
 
-def discard_subvolume(area: str, name: str) -> None:
+def discard_subvolume(
+    area: str, name: str, expected_id: int | None = None, owner_uid: int | None = None
+) -> None:
     """Delete an interrupted run's subvolume ``name`` (as root, for the account).
 
     Only an incomplete run's subvolume qualifies: writable and owned by the
-    area's owner, as start_subvolume made it. A finished snapshot renamed to
+    account (``owner_uid``, default the area's owner), as start_subvolume made
+    it, and with ``expected_id`` the very subvolume root started. A finished snapshot renamed to
     an incomplete name is root's and read-only, and is refused.
     """
     parsed = parse_snapshot_name(name)
@@ -522,8 +668,11 @@ def discard_subvolume(area: str, name: str) -> None:
         if fd is None:
             raise SnapshotNotFoundError("no subvolume %s in %s" % (name, area))
         try:
+            _check_identity(fd, name, expected_id)
             st = os.fstat(fd)
-            if subvolumes.is_readonly_fd(fd) or st.st_uid != os.fstat(area_fd).st_uid:
+            if owner_uid is None:
+                owner_uid = os.fstat(area_fd).st_uid
+            if subvolumes.is_readonly_fd(fd) or st.st_uid != owner_uid:
                 raise LayoutError(
                     "%s is read-only or not the account's: not an interrupted run" % name
                 )
@@ -633,7 +782,8 @@ def apply_finalize(area: str, plan: FinalizePlan, privileged: Privileged | None 
         else:
             sync_filesystem(os.path.join(area, plan.incomplete))
             rename_noreplace(os.path.join(area, plan.incomplete), os.path.join(area, plan.final))
-    if plan.current_after is not None and plan.current_after != plan.current_before:
+    # After a seal, root has already moved current (a btrfs area's names are root's).
+    if plan.current_after is not None and read_current(area) != plan.current_after:
         swap_current(area, plan.current_after)
 
 

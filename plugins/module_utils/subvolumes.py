@@ -192,6 +192,23 @@ def flags_of(fd: int) -> int:
     return struct.unpack("=Q", out)[0]
 
 
+# _IOWR(0x94, 18, struct btrfs_ioctl_ino_lookup_args): treeid (u64), objectid
+# (u64), a 4080-byte name. Asked for the subvolume root's own objectid with
+# treeid 0, the kernel answers with the id of the subvolume the fd is in.
+_INO_LOOKUP_SIZE = 4096
+_IOC_INO_LOOKUP = (3 << 30) | (_INO_LOOKUP_SIZE << 16) | (0x94 << 8) | 18
+
+
+def subvolume_id(fd: int) -> int:
+    """The id of the subvolume open as ``fd``: the file system never gives an
+    id twice, and no rename or move changes it, so it names a subvolume in a
+    way the laptop's account cannot forge."""
+    buf = bytearray(_INO_LOOKUP_SIZE)
+    struct.pack_into("=QQ", buf, 0, 0, SUBVOLUME_ROOT_INODE)
+    _ioctl(fd, _IOC_INO_LOOKUP, buf, "reading the subvolume id")
+    return struct.unpack_from("=Q", buf, 0)[0]
+
+
 def is_readonly_fd(fd: int) -> bool:
     return bool(flags_of(fd) & _SUBVOL_RDONLY)
 

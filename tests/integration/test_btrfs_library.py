@@ -627,3 +627,114 @@ def test_a_repair_that_crashed_is_sealed_again_and_the_mirror_waits_for_one(
     mirror.mirror_area(config, "laptop", result)
     assert result.problems == []
     assert (dest / "a.txt").read_text() == "one"
+
+
+# --- the layout root keeps: the area's directory is root's (issue 20) ----------------
+
+ACCOUNT_FILES = (".linkdest-journal", ".linkdest-received", ".linkdest-changes")
+
+
+@pytest.fixture
+def roots_area(drive):
+    """A btrfs area as the role makes it: root's directory, the laptop's own
+    group, 0750; the lock root's; the files the account writes its own."""
+    path = drive / "laptop"
+    path.mkdir(mode=0o750)
+    os.chown(path, 0, ACCOUNT_UID)
+    path.chmod(0o750)
+    snap.ensure_account_files(str(path), ACCOUNT_FILES, ACCOUNT_UID, ACCOUNT_UID)
+    with snap.area_lock(str(path)):
+        pass
+    return path
+
+
+def start_for_account(area, when: datetime) -> tuple[str, int]:
+    """What root's helper does on `start`: the run, and its subvolume id."""
+    name = snap.snapshot_name(when, complete=False)
+    snap.start_subvolume(str(area), name, owner=(ACCOUNT_UID, ACCOUNT_UID))
+    return name, snap.subvolume_id_of(str(area), name)
+
+
+def sealed_backup(area, text: str, when: datetime) -> str:
+    name, ident = start_for_account(area, when)
+    assert write_as_account(area / name / "a.txt", text) == 0
+    return snap.seal_subvolume(str(area), name, ident)
+
+
+def test_in_roots_area_the_account_can_name_nothing(roots_area):
+    area = roots_area
+    old = sealed_backup(area, "old", NOW)
+    newer = sealed_backup(area, "newer", NOW + timedelta(hours=1))
+    assert snap.read_current(str(area)) == newer
+    assert os.lstat(area / snap.CURRENT_LINK).st_uid == 0
+    running, _ident = start_for_account(area, NOW + timedelta(hours=2))
+    later = "back-" + snap.format_stamp(NOW + timedelta(days=1))
+
+    # Redate, replace, hide, plant: every name in the area is root's to give.
+    attempts = {
+        "redate": lambda: os.rename(area / old, area / later),
+        "to incomplete": lambda: os.rename(area / old, area / ("incomplete_" + old)),
+        "over the run": lambda: os.rename(area / old, area / running),
+        "move the run": lambda: os.rename(area / running, area / "aside"),
+        "plant": lambda: os.mkdir(area / later),
+        "current": lambda: os.unlink(area / snap.CURRENT_LINK),
+        "symlink": lambda: os.symlink(old, area / "x"),
+        "lock": lambda: os.unlink(area / snap.LOCK_FILE),
+    }
+    for what, attempt in attempts.items():
+        assert as_account(attempt) == errno.EACCES, what
+    assert sorted(s.name for s in snap.list_snapshots(str(area))) == [old, newer]
+    assert (area / old / "a.txt").read_text() == "old"
+
+    # ... and still does its job: lock, write its run, its markers in place.
+    def work():
+        with snap.area_lock(str(area)):
+            snap.write_area_file(str(area), ".linkdest-received", "%s 0\n" % running)
+            snap.write_area_file(str(area), ".linkdest-journal", "{}\n", append=True)
+            snap.clear_area_file(str(area), ".linkdest-changes")
+        with open(area / running / "new.txt", "w", encoding="utf-8") as handle:
+            handle.write("new")
+
+    assert as_account(work) == 0
+    assert snap.read_area_file(str(area), ".linkdest-received") == "%s 0\n" % running
+
+
+def test_seal_and_discard_act_only_on_the_subvolume_root_started(roots_area):
+    # Route 1 of issue 20, as if a rename had happened while root worked (or
+    # in an area of the old layout): a finished snapshot under the run's name.
+    area = roots_area
+    old = sealed_backup(area, "old", NOW)
+    running, ident = start_for_account(area, NOW + timedelta(hours=1))
+    os.rename(area / running, area / "aside")
+    os.rename(area / old, area / running)
+    before = {n: subvolumes.is_readonly(str(area / n)) for n in os.listdir(area) if "back" in n}
+
+    with pytest.raises(snap.IdentityError, match="not the run %d root started" % ident):
+        snap.seal_subvolume(str(area), running, ident)
+    with pytest.raises(snap.IdentityError):
+        snap.discard_subvolume(str(area), running, ident, owner_uid=ACCOUNT_UID)
+
+    # Nothing changed: still read-only, still there, content as sealed.
+    assert {n: subvolumes.is_readonly(str(area / n)) for n in before} == before
+    assert (area / running / "a.txt").read_text() == "old"
+    assert snap.subvolume_id_of(str(area), "aside") == ident
+
+
+def test_adopt_leaves_sealed_snapshots_root_s(roots_area):
+    from ansible_collections.linkdest.backup.plugins.module_utils import server_cli
+
+    area = roots_area
+    name = sealed_backup(area, "one", NOW)
+    # An article-made snapshot (a plain directory of another user) beside it.
+    article = area / "back-2020-01-01T00_00_00"
+    article.mkdir()
+    (article / "f").write_text("article")
+    os.chown(article / "f", 4321, 4321)
+    os.chown(article, 4321, 4321)
+
+    adopted = server_cli.adopt_area(str(area), ACCOUNT_UID, ACCOUNT_UID, roots_layout=True)
+
+    assert sorted(adopted) == [article.name]
+    st = os.lstat(area / name)
+    assert (st.st_uid, subvolumes.is_readonly(str(area / name))) == (0, True)
+    assert os.lstat(area / snap.LOCK_FILE).st_uid == 0

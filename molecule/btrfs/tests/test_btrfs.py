@@ -143,18 +143,11 @@ def test_the_laptops_account_can_neither_unseal_nor_delete_it(server, made):
         server, "sudo -n %s subvolume discard incomplete_back-%s" % (SERVER_CMD, stamp)
     )
     assert helper.rc != 0
-    # Renamed to an interrupted run's name (the account may rename in its
-    # area), root still refuses: it discards only the account's writable runs.
-    renamed = "%s/incomplete_%s" % (AREA, made[0])
-    assert as_account(server, "mv %s %s" % (path, renamed)).rc == 0
-    try:
-        tricked = as_account(
-            server, "sudo -n %s subvolume discard incomplete_%s" % (SERVER_CMD, made[0])
-        )
-        assert tricked.rc != 0
-        assert "not an interrupted run" in tricked.stderr, tricked.stderr
-    finally:
-        assert as_account(server, "mv %s %s" % (renamed, path)).rc == 0
+    # Nor can it rename it to an interrupted run's name to trick root: the
+    # area's directory is root's.
+    renamed = as_account(server, "mv %s %s/incomplete_%s" % (path, AREA, made[0]))
+    assert renamed.rc != 0
+    assert "Permission denied" in renamed.stderr, renamed.stderr
     # Nor does root start a run dated in the past, or seal one it did not start.
     for operation, when in (("start", "2020-01-01T00_00_00"), ("seal", stamp)):
         asked = as_account(
@@ -164,6 +157,94 @@ def test_the_laptops_account_can_neither_unseal_nor_delete_it(server, made):
         assert "not named for now" in asked.stderr or "did not start" in asked.stderr
     assert subvolume(server, made[0])["ro"] == "ro=true"
     assert server.file(path + "/docs/letter.txt").content_string == "dear btrfs\n"
+
+
+def test_the_area_is_roots_and_readable_only_through_the_laptops_own_group(server):
+    area = server.file(AREA)
+    assert (area.user, area.group, area.mode) == ("root", ACCOUNT, 0o750)
+    assert ACCOUNT in server.user(ACCOUNT).groups
+    for name in (".linkdest-journal", ".linkdest-received", ".linkdest-changes"):
+        assert server.file("%s/%s" % (AREA, name)).user == ACCOUNT, name
+    assert server.file(AREA + "/.linkdest.lock").user == "root"
+    assert server.file(AREA + "/current").user == "root"
+    # Another laptop's account on the same drive reads nothing of it.
+    peek = server.run("runuser -u bk-hardlink-laptop -- ls %s" % AREA)
+    assert peek.rc != 0
+    assert "Permission denied" in peek.stderr
+
+
+def server_now(server) -> str:
+    return lib.run_ok(server, "date -u +%Y-%m-%dT%H_%M_%S").strip()
+
+
+def test_the_account_can_rename_move_or_replace_no_name_in_its_area(laptop, server, made):
+    """Issue 20's routes, as the laptop's account with a shell on the server."""
+    before = lib.fingerprint(server)
+    old = made[0]
+    run = "incomplete_back-" + server_now(server)
+    sudo = "sudo -n %s subvolume" % SERVER_CMD
+    assert as_account(server, "%s start %s" % (sudo, run)).rc == 0
+    refused = {
+        "move the run aside": "mv %s/%s %s/aside" % (AREA, run, AREA),
+        "seal a finished snapshot (route 1)": "mv %s/%s %s/%s" % (AREA, old, AREA, run),
+        "redate newer (route 2)": "mv %s/%s %s/back-2099-01-01T00_00_00" % (AREA, old, AREA),
+        "redate older": "mv %s/%s %s/back-2000-01-01T00_00_00" % (AREA, old, AREA),
+        "to an incomplete name": "mv %s/%s %s/incomplete_%s" % (AREA, old, AREA, old),
+        "to a trash name": "mv %s/%s %s/.deleting-%s" % (AREA, old, AREA, old),
+        "plant a snapshot": "mkdir %s/back-2099-01-01T00_00_00" % AREA,
+        "swap current": "ln -sfn %s %s/current" % (old, AREA),
+        "remove current": "rm -f %s/current" % AREA,
+        "remove the lock": "rm -f %s/.linkdest.lock" % AREA,
+    }
+    for what, command in refused.items():
+        result = as_account(server, command)
+        assert result.rc != 0, what
+        assert "Permission denied" in result.stderr, (what, result.stderr)
+    # Seal or discard of a finished snapshot under any name.
+    for operation in ("seal", "discard"):
+        for name in (old, "incomplete_" + old):
+            assert as_account(server, "%s %s %s" % (sudo, operation, name)).rc != 0
+    # The account may drop its own run.
+    assert as_account(server, "%s discard %s" % (sudo, run)).rc == 0
+
+    # Root's own readers of names then see the history as it was.
+    lib.run_ok(server, "%s prune --all --quiet" % SERVER_CMD)
+    lib.run_ok(server, "%s verify --restart --quiet" % SERVER_CMD)
+    restored = lib.as_user(
+        laptop,
+        "cd %s && linkdest restore docs/letter.txt --at %s --to /tmp/as-of-old" % (lib.SOURCE, old),
+    )
+    assert restored.rc == 0, restored.stdout + restored.stderr
+    assert laptop.file("/tmp/as-of-old/letter.txt").content_string == "dear btrfs\n"
+    assert lib.fingerprint_diff(before, lib.fingerprint(server)) == []
+
+
+def test_root_seals_only_the_subvolume_it_started_under_that_name(server, made):
+    """Route 1 with the rename done as root works (the order a race would
+    give, or an area of the old layout): the seal is refused and alerted."""
+    before = lib.fingerprint(server)
+    old = made[0]
+    run = "incomplete_back-" + server_now(server)
+    sudo = "sudo -n %s subvolume" % SERVER_CMD
+    assert as_account(server, "%s start %s" % (sudo, run)).rc == 0
+    lib.run_ok(
+        server, "mv %s/%s %s/aside && mv %s/%s %s/%s" % (AREA, run, AREA, AREA, old, AREA, run)
+    )
+    try:
+        sealed = as_account(server, "%s seal %s" % (sudo, run))
+        dropped = as_account(server, "%s discard %s" % (sudo, run))
+    finally:
+        lib.run_ok(
+            server, "mv %s/%s %s/%s && mv %s/aside %s/%s" % (AREA, run, AREA, old, AREA, AREA, run)
+        )
+    for result in (sealed, dropped):
+        assert result.rc != 0
+        assert "root started" in result.stderr, result.stderr
+    log = lib.run_ok(server, "journalctl -q -t linkdest-server --no-pager | tail -n 20")
+    assert "refused: subvolume seal: %s is subvolume" % run in log, log
+    assert as_account(server, "%s discard %s" % (sudo, run)).rc == 0
+    assert subvolume(server, old)["ro"] == "ro=true"
+    assert lib.fingerprint_diff(before, lib.fingerprint(server)) == []
 
 
 def test_an_unchanged_backup_costs_no_bytes(laptop, server, made):
@@ -512,3 +593,27 @@ def test_a_laptop_may_keep_hard_links_on_the_same_drive(server):
     assert stats[0][0] != 256, "a hard-link snapshot is a plain directory, not a subvolume"
     assert stats[1][0] == stats[2][0], "the unchanged file is one inode in both snapshots"
     assert stats[1][1] >= 2
+
+
+def test_an_area_of_the_old_layout_migrates_on_the_next_site_run(laptop, server, made):
+    # As the role left a btrfs area before: the account's own directory.
+    lib.run_ok(
+        server,
+        "chown %s:linkdest %s && chmod 0700 %s && chown -h %s %s/current"
+        % (ACCOUNT, AREA, AREA, ACCOUNT, AREA),
+    )
+    before = lib.fingerprint(server)["areas"][CLIENT]
+
+    run = lib.site_playbook("--limit", "btrfs-server")
+
+    assert run.returncode == 0, run.stdout[-3000:]
+    area = server.file(AREA)
+    assert (area.user, area.group, area.mode) == ("root", ACCOUNT, 0o750)
+    after = lib.fingerprint(server)["areas"][CLIENT]
+    # Every snapshot as it was: nothing copied, nothing lost.
+    assert after["files"] == before["files"]
+    assert after["current"] == before["current"]
+    assert as_account(server, "mv %s/%s %s/x" % (AREA, made[0], AREA)).rc != 0
+    name = lib.backup_ok(laptop)
+    assert subvolume(server, name)["uid"] == 0
+    assert server.file(AREA + "/current").linked_to == "%s/%s" % (AREA, name)

@@ -221,6 +221,19 @@ print(json.dumps(out))
     return server_py(server, code)
 
 
+def site_playbook(*args: str) -> subprocess.CompletedProcess:
+    """Run the collection's site.yml with the scenario's inventory, as a user reruns it."""
+    return subprocess.run(
+        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "linkdest.backup.site"]
+        + list(args),
+        cwd=pathlib.Path(__file__).resolve().parents[3],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
+
+
 def run_module(host_name: str, module: str, args: dict, check: bool = False) -> dict:
     """Run one module on a scenario host with the `ansible` CLI and the
     scenario's inventory (as a user would ad hoc); return its result."""

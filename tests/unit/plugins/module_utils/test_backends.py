@@ -13,7 +13,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ansible_collections.linkdest.backup.plugins.module_utils import gate, server_cli, subvolumes
+from ansible_collections.linkdest.backup.plugins.module_utils import (
+    gate,
+    root_helper,
+    server_cli,
+    subvolumes,
+)
 from ansible_collections.linkdest.backup.plugins.module_utils import snapshots as snap
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=timezone.utc)
@@ -156,7 +161,7 @@ def helper(tmp_path, monkeypatch):
     done = []
 
     def act(what, result=None):
-        def fake(area, name):
+        def fake(area, name, *args, **kwargs):
             done.append((what, area))
             return result
 
@@ -165,7 +170,8 @@ def helper(tmp_path, monkeypatch):
     monkeypatch.setattr(snap, "start_subvolume", act("start", "empty"))
     monkeypatch.setattr(snap, "seal_subvolume", act("seal", "back-T"))
     monkeypatch.setattr(snap, "discard_subvolume", act("drop"))
-    monkeypatch.setattr(server_cli, "_log", lambda *args, **kwargs: None)
+    monkeypatch.setattr(snap, "subvolume_id_of", lambda area, name: 300)
+    monkeypatch.setattr(root_helper, "_log", lambda *args, **kwargs: None)
     return config, done
 
 
@@ -177,7 +183,7 @@ def test_the_helper_acts_on_the_callers_own_area(helper, tmp_path):
     config, done = helper
     name = now_name()
     for operation in ("start", "seal", "discard"):
-        assert server_cli.cmd_subvolume(config, operation, name) == 0
+        assert root_helper.cmd_subvolume(config, operation, name) == 0
     area = str(tmp_path / "laptop")
     assert done == [("start", area), ("seal", area), ("drop", area)]
 
@@ -188,20 +194,20 @@ def test_the_helper_starts_only_runs_named_for_now(helper):
     config, done = helper
     for name in (now_name(days=-3), now_name(hours=2)):
         with pytest.raises(gate.GateRefused, match="is not named for now"):
-            server_cli.cmd_subvolume(config, "start", name)
+            root_helper.cmd_subvolume(config, "start", name)
     assert done == []
 
 
 def test_the_helper_seals_only_runs_it_started(helper, tmp_path):
     config, done = helper
     with pytest.raises(gate.GateRefused, match="root did not start"):
-        server_cli.cmd_subvolume(config, "seal", now_name())
+        root_helper.cmd_subvolume(config, "seal", now_name())
     name = now_name()
-    assert server_cli.cmd_subvolume(config, "start", name) == 0
-    assert server_cli.cmd_subvolume(config, "seal", name) == 0
+    assert root_helper.cmd_subvolume(config, "start", name) == 0
+    assert root_helper.cmd_subvolume(config, "seal", name) == 0
     # Once sealed, never again.
     with pytest.raises(gate.GateRefused, match="root did not start"):
-        server_cli.cmd_subvolume(config, "seal", name)
+        root_helper.cmd_subvolume(config, "seal", name)
     state = tmp_path / "state"
     assert oct(state.stat().st_mode & 0o777) == "0o700"
 
@@ -219,7 +225,7 @@ def test_the_helper_seals_only_runs_it_started(helper, tmp_path):
 def test_the_helper_refuses_anything_else(helper, operation, name):
     config, done = helper
     with pytest.raises(gate.GateRefused, match="refused"):
-        server_cli.cmd_subvolume(config, operation, name)
+        root_helper.cmd_subvolume(config, operation, name)
     assert done == []
 
 
@@ -227,10 +233,10 @@ def test_the_helper_takes_the_caller_from_sudo_only(helper, monkeypatch):
     config, done = helper
     monkeypatch.delenv("SUDO_UID")
     with pytest.raises(gate.GateRefused, match="not called through sudo"):
-        server_cli.cmd_subvolume(config, "start", "incomplete_back-2026-11-26T12_00_00")
+        root_helper.cmd_subvolume(config, "start", "incomplete_back-2026-11-26T12_00_00")
     monkeypatch.setenv("SUDO_UID", "65534")  # nobody: an account of no laptop
     with pytest.raises(gate.GateRefused, match="is no laptop's account"):
-        server_cli.cmd_subvolume(config, "start", "incomplete_back-2026-11-26T12_00_00")
+        root_helper.cmd_subvolume(config, "start", "incomplete_back-2026-11-26T12_00_00")
     assert done == []
 
 
@@ -238,7 +244,7 @@ def test_the_helper_does_nothing_for_a_laptop_on_hard_links(helper):
     config, done = helper
     config.backends = {"laptop": "hardlink"}  # the server's default stays btrfs
     with pytest.raises(gate.GateRefused, match="the backend of laptop is hardlink"):
-        server_cli.cmd_subvolume(config, "start", "incomplete_back-2026-11-26T12_00_00")
+        root_helper.cmd_subvolume(config, "start", "incomplete_back-2026-11-26T12_00_00")
     assert done == []
 
 

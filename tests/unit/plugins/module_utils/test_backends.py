@@ -7,6 +7,7 @@ same library on a real btrfs file system."""
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 from datetime import datetime, timedelta, timezone
@@ -333,3 +334,33 @@ def test_the_file_system_comes_from_the_mount_table(tmp_path, monkeypatch, path,
 def test_a_missing_path_has_no_file_system(tmp_path):
     with pytest.raises(subvolumes.SubvolumeError, match="cannot read the file system"):
         subvolumes.filesystem_type(str(tmp_path / "missing"))
+
+
+def test_the_helper_seals_no_run_recorded_without_its_subvolume_id(helper, tmp_path):
+    # A run started by an older version: its name alone is trusted for nothing.
+    config, done = helper
+    name = now_name()
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "started-laptop.json").write_text(json.dumps([name]))
+    with pytest.raises(gate.GateRefused, match="recorded no subvolume id"):
+        root_helper.cmd_subvolume(config, "seal", name)
+    assert done == []
+
+
+def test_a_subvolume_that_is_not_the_one_root_started_is_refused_and_alerted(helper, monkeypatch):
+    config, done = helper
+    alerts = []
+    monkeypatch.setattr(root_helper, "run_alert", lambda c, event, text: alerts.append(event))
+
+    def swapped(area, name, expected_id):
+        raise snap.IdentityError("%s is subvolume 301, not the run 300 root started" % name)
+
+    monkeypatch.setattr(snap, "seal_subvolume", swapped)
+    name = now_name()
+    assert root_helper.cmd_subvolume(config, "start", name) == 0
+    with pytest.raises(gate.GateRefused, match="not the run 300 root started"):
+        root_helper.cmd_subvolume(config, "seal", name)
+    assert alerts == ["tamper"]
+    # Still recorded: the next run resumes it, nothing was sealed.
+    assert root_helper.StartedRuns(config.state_dir, "laptop").ids() == {name: 300}

@@ -55,3 +55,15 @@ def test_readme_variable_tables_are_current():
         check=False,
     )
     assert result.returncode == 0, result.stdout
+
+
+def test_lint_checks_python_39_on_every_file_a_laptop_runs():
+    """`make lint` runs vermin (Python 3.9, macOS's /usr/bin/python3) over the
+    files the backup_client role installs: the two lists must stay the same."""
+    installed = _load(ROOT / "roles" / "backup_client" / "vars" / "main.yml")[
+        "__backup_client_library"
+    ]
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile[makefile.index("vermin --target=3.9-") :].split("\n\n")[0]
+    checked = [word for word in recipe.split() if word.endswith(".py")]
+    assert sorted(checked) == sorted(installed)

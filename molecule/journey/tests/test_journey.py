@@ -288,3 +288,18 @@ def test_the_restore_playbook_brings_the_whole_folder_back_elsewhere(new):
     assert " 0 not" in run.stdout
     compared = lib.as_user(new, "diff -r --no-dereference %s %s" % (lib.SOURCE, copy))
     assert compared.rc == 0, compared.stdout
+
+
+def test_the_new_laptop_ran_all_of_it_on_python_3_9(new):
+    """journey-new is Debian 11: the restore, the change list and the restore
+    playbook above ran on Python 3.9, the Python of a Mac's /usr/bin/python3
+    (issue 21). The launcher is that interpreter, and verify works there too."""
+    version = lib.run_ok(new, "/usr/bin/python3 -c 'import sys; print(sys.version_info[:2])'")
+    assert version.strip() == "(3, 9)"
+    launcher = new.file("/usr/local/bin/linkdest").content_string.splitlines()[0]
+    assert launcher == "#!/usr/bin/python3 -IS"
+    verified = lib.as_user(new, "linkdest verify")
+    assert verified.rc == 0, verified.stdout + verified.stderr
+    assert " 0 differ without a trace" in verified.stdout, verified.stdout
+    status = lib.as_user(new, "linkdest status")
+    assert status.rc == 0, status.stdout + status.stderr

@@ -550,17 +550,7 @@ def start_subvolume(area: str, name: str, owner: tuple[int, int] | None = None) 
 
 def subvolume_id_of(area: str, name: str) -> int | None:
     """The id of the subvolume ``name`` of the area, None when it is none."""
-    area_fd = _open_area(area)
-    try:
-        fd = _open_subvolume(area_fd, name)
-        if fd is None:
-            return None
-        try:
-            return subvolumes.subvolume_id(fd)
-        finally:
-            os.close(fd)
-    finally:
-        os.close(area_fd)
+    return _read_subvolume(area, name, subvolumes.subvolume_id, None)
 
 
 def _check_identity(fd: int, name: str, expected_id: int | None) -> None:
@@ -683,19 +673,24 @@ def discard_subvolume(
         os.close(area_fd)
 
 
-def _subvolume_is(area: str, name: str, check: Callable[[int], bool]) -> bool:
-    """False unless ``name`` is a subvolume of the area and ``check(its fd)`` holds."""
+def _read_subvolume(area: str, name: str, read: Callable[[int], object], missing):
+    """``read(fd)`` of the subvolume ``name`` of the area, ``missing`` when it is none."""
     area_fd = _open_area(area)
     try:
         fd = _open_subvolume(area_fd, name)
         if fd is None:
-            return False
+            return missing
         try:
-            return check(fd)
+            return read(fd)
         finally:
             os.close(fd)
     finally:
         os.close(area_fd)
+
+
+def _subvolume_is(area: str, name: str, check: Callable[[int], bool]) -> bool:
+    """False unless ``name`` is a subvolume of the area and ``check(its fd)`` holds."""
+    return _read_subvolume(area, name, check, False)
 
 
 def is_sealed_snapshot(area: str, name: str) -> bool:

@@ -20,6 +20,8 @@ review:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import pwd
@@ -74,16 +76,29 @@ class StartedRuns:
             json.dump(ids, handle, sort_keys=True)
         os.replace(tmp, self.path)
 
+    @contextlib.contextmanager
+    def _locked(self):
+        """One change at a time (the account may run sudo calls in parallel)."""
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def add(self, name: str, subvolume_id: int | None, replaces: str | None = None) -> None:
-        ids = {n: i for n, i in self.ids().items() if n != replaces}
-        ids[name] = subvolume_id
-        self._write(ids)
+        with self._locked():
+            ids = {n: i for n, i in self.ids().items() if n != replaces}
+            ids[name] = subvolume_id
+            self._write(ids)
 
     def remove(self, name: str) -> None:
-        ids = self.ids()
-        if name in ids:
-            del ids[name]
-            self._write(ids)
+        with self._locked():
+            ids = self.ids()
+            if name in ids:
+                del ids[name]
+                self._write(ids)
 
 
 def _sudo_account() -> pwd.struct_passwd | None:
@@ -135,6 +150,12 @@ def cmd_subvolume(config: Config, operation: str, name: str) -> int:
             "subvolume: the backend of %s is %s" % (client, config.backend_of(client))
         )
     area = config.area(client)
+    if not area_is_roots(area):
+        # Seal and discard act by name after the id check: safe only where
+        # the account can change no name (the next site.yml migrates it).
+        raise gate_lib.GateRefused(
+            "subvolume: the area of %s is not root's yet (rerun site.yml)" % client
+        )
     owner = (account.pw_uid, account.pw_gid)
     runs = StartedRuns(config.state_dir, client)
     try:
@@ -143,8 +164,7 @@ def cmd_subvolume(config: Config, operation: str, name: str) -> int:
             # would let the account date a snapshot as it likes.
             if abs(datetime.now(timezone.utc) - parsed.time) > START_SLACK:
                 raise gate_lib.GateRefused("subvolume: %s is not named for now" % name)
-            if area_is_roots(area):
-                snap.ensure_account_files(area, ACCOUNT_FILES, *owner)
+            snap.ensure_account_files(area, ACCOUNT_FILES, *owner)
             started = snap.start_subvolume(area, name, owner)
             resumed = started[len("resumed ") :] if started.startswith("resumed ") else None
             runs.add(name, snap.subvolume_id_of(area, name), replaces=resumed)

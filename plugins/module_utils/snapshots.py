@@ -315,8 +315,12 @@ def area_lock(area: str, wait: float = 0.0):
     path = os.path.join(area, LOCK_FILE)
     # Read-only is enough for flock, so the laptop's account can lock a btrfs
     # area, whose directory and lock file are root's.
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    # O_NONBLOCK: a FIFO planted under the lock's name must not hang root.
+    flags = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o644)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise LayoutError("%s is not a plain file; not locking through it" % path)
         # Root (the daily prune, the mirror, a module) must not leave a lock
         # file the laptop's account cannot open: it could never lock its area again.
         # (Explicit modes: root's umask may be 077 on a hardened system.)
@@ -565,18 +569,22 @@ def _check_identity(fd: int, name: str, expected_id: int | None) -> None:
 
 
 def point_current_at_newest(area: str) -> str | None:
-    """Swap ``current`` to the newest finished snapshot when it names another
-    (root, after a seal: in a btrfs area only root may write names)."""
-    finished = list_snapshots(area)
-    if not finished:
+    """Swap ``current`` to the newest snapshot root sealed when it names
+    another (root, after a seal: in a btrfs area only root may write names).
+    Only sealed ones count: a directory named like a snapshot that the account
+    made before its area was root's must not become ``current``."""
+    sealed = [s for s in list_snapshots(area) if is_sealed_snapshot(area, s.name)]
+    if not sealed:
         return None
-    newest = finished[-1].name
+    newest = sealed[-1].name
     if read_current(area) != newest:
         swap_current(area, newest)
     return newest
 
 
-def seal_subvolume(area: str, name: str, expected_id: int | None = None) -> str:
+def seal_subvolume(
+    area: str, name: str, expected_id: int | None = None, update_current: bool = True
+) -> str:
     """Finish the incomplete subvolume ``name`` as ``back-T`` (as root); return ``back-T``.
 
     The finished snapshot is a fresh read-only snapshot of the run's subvolume,
@@ -614,7 +622,8 @@ def seal_subvolume(area: str, name: str, expected_id: int | None = None) -> str:
         _destroy_with_nested(area_fd, name)
     finally:
         os.close(area_fd)
-    point_current_at_newest(area)
+    if update_current:
+        point_current_at_newest(area)
     return final
 
 
@@ -772,7 +781,12 @@ def apply_finalize(area: str, plan: FinalizePlan, privileged: Privileged | None 
                 privileged,
                 "seal",
                 plan.incomplete,
-                functools.partial(seal_subvolume, area, plan.incomplete),
+                functools.partial(
+                    seal_subvolume,
+                    area,
+                    plan.incomplete,
+                    update_current=plan.current_after != plan.current_before,
+                ),
             )
         else:
             sync_filesystem(os.path.join(area, plan.incomplete))
@@ -862,6 +876,9 @@ def finish_deletions(area: str) -> list[str]:
     snapshot. It stays for the administrator.
     """
     finished = []
+    if not os.access(area, os.W_OK):
+        # A btrfs area's names are root's: its own prune finishes these.
+        return finished
     for entry in sorted(os.scandir(area), key=lambda e: e.name):
         if entry.name.startswith(TRASH_PREFIX) and entry.is_dir(follow_symlinks=False):
             if is_subvolume_snapshot(area, entry.name):

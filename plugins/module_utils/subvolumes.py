@@ -200,9 +200,9 @@ _IOC_INO_LOOKUP = (3 << 30) | (_INO_LOOKUP_SIZE << 16) | (0x94 << 8) | 18
 
 
 def subvolume_id(fd: int) -> int:
-    """The id of the subvolume open as ``fd``: the file system never gives an
-    id twice, and no rename or move changes it, so it names a subvolume in a
-    way the laptop's account cannot forge."""
+    """The id of the subvolume open as ``fd``: while it exists no other
+    subvolume of the file system has it, and no rename or move changes it, so
+    it names a subvolume in a way the laptop's account cannot forge."""
     buf = bytearray(_INO_LOOKUP_SIZE)
     struct.pack_into("=QQ", buf, 0, 0, SUBVOLUME_ROOT_INODE)
     _ioctl(fd, _IOC_INO_LOOKUP, buf, "reading the subvolume id")

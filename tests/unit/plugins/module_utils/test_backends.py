@@ -364,3 +364,22 @@ def test_a_subvolume_that_is_not_the_one_root_started_is_refused_and_alerted(hel
     assert alerts == ["tamper"]
     # Still recorded: the next run resumes it, nothing was sealed.
     assert root_helper.StartedRuns(config.state_dir, "laptop").ids() == {name: 300}
+
+
+def test_the_helper_acts_only_in_an_area_whose_names_are_roots(helper, tmp_path):
+    # An area of the old layout (the account's own directory): the id check
+    # is made on the descriptor, but the name is removed by name afterwards.
+    config, done = helper
+    os.chown(tmp_path / "laptop", 65534, 65534)
+    for operation in ("start", "seal", "discard"):
+        with pytest.raises(gate.GateRefused, match="is not root's yet"):
+            root_helper.cmd_subvolume(config, operation, now_name())
+    assert done == []
+
+
+def test_a_fifo_planted_as_the_lock_is_refused_not_waited_on(tmp_path):
+    area = tmp_path / "area"
+    area.mkdir()
+    os.mkfifo(area / snap.LOCK_FILE)
+    with pytest.raises(snap.LayoutError, match="not a plain file"), snap.area_lock(str(area)):
+        pass

@@ -370,14 +370,14 @@ def test_darwin_on_networks(recorded, networks, on_them):
 def test_current_gives_darwin_on_a_mac(monkeypatch):
     monkeypatch.setattr(client_platform.platform, "system", lambda: "Darwin")
     layer = client_platform.current()
-    assert type(layer) is client_platform.Darwin
+    assert isinstance(layer, client_platform.Darwin)
     assert layer.run is client_platform.run_command
 
 
 def test_current_gives_linux_with_its_power_supplies(monkeypatch, tmp_path):
     monkeypatch.setattr(client_platform.platform, "system", lambda: "Linux")
     layer = client_platform.current(str(tmp_path))
-    assert type(layer) is client_platform.Linux
+    assert isinstance(layer, client_platform.Linux)
     assert layer.power_supplies == str(tmp_path)
 
 

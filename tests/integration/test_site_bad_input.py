@@ -150,6 +150,13 @@ CASES = [
         "backup_client_schedule",
         id="four-field-schedule",
     ),
+    pytest.param(
+        {},
+        {"backup_client_schedule": "61 * * * *"},
+        True,
+        "backup_client_schedule '61 * * * *': minute 61 is outside 0-59",
+        id="schedule-minute-out-of-range",
+    ),
     pytest.param({}, {}, False, "backup_client_server", id="laptop-without-server"),
     pytest.param({}, {"backup_client_user": DROP}, True, "backup_client_user", id="no-user"),
     pytest.param(

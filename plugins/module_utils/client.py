@@ -525,16 +525,12 @@ class Linkdest:
         return [self.ssh_program, "-F", self.settings.ssh_config, *options]
 
     def load_agent(self) -> bool:
-        """With keychain the key has a passphrase: use the agent keychain
-        started at the user's login. True when that agent holds the key."""
+        """With keychain the key has a passphrase: use the agent the user's
+        login unlocked it into (keychain on Linux, the login keychain on a
+        Mac). True when that agent holds the key."""
         if not self.settings.keychain:
             return True
-        env_file = os.path.join(
-            self.settings.user_home, ".keychain", "%s-sh" % socket.gethostname()
-        )
-        with contextlib.suppress(OSError), open(env_file, encoding="utf-8") as handle:
-            for match in re.finditer(r"\b(SSH_AUTH_SOCK|SSH_AGENT_PID)=([^;\s]+)", handle.read()):
-                self.environ[match.group(1)] = match.group(2)
+        self.platform.find_agent(self.environ, self.settings.user_home)
         if not self.environ.get("SSH_AUTH_SOCK"):
             return False
         listed = subprocess.run(
@@ -637,6 +633,10 @@ class Linkdest:
             raise self.fail(
                 codes.EXIT_NO_SOURCE, "source folder %s is missing" % self.settings.source
             )
+        try:
+            self.platform.rsync()
+        except client_platform.NoUsableRsync as exc:
+            raise self.fail(codes.EXIT_NO_RSYNC, str(exc)) from exc
         if not self.load_agent():
             raise self.fail(
                 codes.EXIT_NO_AGENT,
@@ -913,7 +913,7 @@ class Linkdest:
         destination = (
             codes.CHANGES_DESTINATION if plan.kind == CHANGES else codes.UPLOAD_DESTINATION
         )
-        argv = ["rsync", *self.rsync_options(plan), "-e", shell, "--"]
+        argv = [self.platform.rsync(), *self.rsync_options(plan), "-e", shell, "--"]
         argv += [self.settings.source + "/", "%s:%s" % (self.settings.server, destination)]
         with open(output_file, "w+b") as output:
             code = subprocess.call(
@@ -1069,7 +1069,14 @@ class Linkdest:
 
     def rsync_over_ssh(self, *args: str, **kwargs) -> subprocess.Popen:
         return subprocess.Popen(
-            ["rsync", *args[:-2], "-e", " ".join(self.ssh_command()), "--", *args[-2:]],
+            [
+                self.platform.rsync(),
+                *args[:-2],
+                "-e",
+                " ".join(self.ssh_command()),
+                "--",
+                *args[-2:],
+            ],
             env=self.environ,
             **kwargs,
         )
@@ -1320,6 +1327,8 @@ def run(settings: Settings, argv: list[str]) -> int:
             raise _usage()
         return Linkdest(settings, quiet="--quiet" in args).backup(full="--full" in args)
     command = Linkdest(settings)
+    if verb in ("compare", "restore", "verify"):
+        command.platform.rsync()  # refused before the server is asked anything
     command.load_agent()
     if verb == "status" and args in ([], ["--raw"]):
         return command.status_report(raw=bool(args))
@@ -1348,5 +1357,8 @@ def main(settings: dict, argv: list[str] | None = None) -> int:
     except client_platform.UnsupportedPlatform as exc:
         sys.stderr.write("linkdest: %s\n" % exc)
         return codes.EXIT_USAGE
+    except client_platform.NoUsableRsync as exc:
+        sys.stderr.write("linkdest: %s\n" % exc)
+        return codes.EXIT_NO_RSYNC
     except KeyboardInterrupt:
         return 130

@@ -1,7 +1,7 @@
 # Copyright (c) 2026 linkdest.backup contributors
 # SPDX-License-Identifier: GPL-3.0-or-later
 """What ``linkdest`` asks of the laptop's operating system, in one place:
-is it on mains power, and which addresses does it have.
+is it on mains power, which addresses does it have, and which rsync to run.
 
 Linux reads sysfs and iproute2; macOS (Darwin) reads ``pmset -g batt`` and
 ``ifconfig``. Any other system gets a clear error, not a guess.
@@ -12,10 +12,12 @@ is the Command Line Tools' 3.9.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import platform
 import re
+import socket
 import subprocess
 from collections.abc import Callable, Sequence
 
@@ -26,14 +28,35 @@ POWER_SUPPLIES = "/sys/class/power_supply"
 COMMAND_TIMEOUT_SECONDS = 30
 
 
+# rsync 3.1 (2013, protocol 31) or later: what every test here runs on both
+# ends. A Mac's /usr/bin/rsync is openrsync (macOS 15 and later: a subset of
+# rsync's options) or rsync 2.6.9 (2006, protocol 29); README, macOS laptops.
+MIN_RSYNC = (3, 1, 0)
+_RSYNC_VERSION_RE = re.compile(r"^rsync\s+version\s+v?(\d+)\.(\d+)\.(\d+)", re.MULTILINE)
+
+
 class UnsupportedPlatform(Exception):
     """linkdest has no platform layer for this system yet."""
 
 
-def run_command(argv: list[str]) -> subprocess.CompletedProcess:
+class NoUsableRsync(Exception):
+    """No rsync linkdest can use is installed (the message names the fix)."""
+
+
+def rsync_version(version_text: str) -> tuple[int, int, int] | None:
+    """rsync's version from ``rsync --version``; None for openrsync, whose
+    "rsync version 2.6.9 compatible" line is a claim, not a version."""
+    if "openrsync" in version_text:
+        return None
+    found = _RSYNC_VERSION_RE.search(version_text)
+    return tuple(int(part) for part in found.groups()) if found else None
+
+
+def run_command(argv: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a command for its output; the default runner of the platform layers."""
     return subprocess.run(
         argv,
+        env=env,
         capture_output=True,
         text=True,
         # A stray byte in a device name must not turn into a traceback.
@@ -68,12 +91,50 @@ def output_of(
 
 class Platform:
     """What every platform layer shares; subclasses provide on_ac_power()
-    and addresses()."""
+    and addresses(), and name where rsync may be."""
+
+    # Tried in order; the first usable one is run.
+    RSYNC: Sequence[str] = ("rsync",)
+    RSYNC_FIX = "install it (apt install rsync)"
+    run: Callable[[list[str]], subprocess.CompletedProcess] = staticmethod(run_command)
+    _rsync: str | None = None
+
+    def rsync(self) -> str:
+        """The rsync to run: the first of RSYNC that is rsync 3.1 or later.
+        Raises NoUsableRsync, saying what was found and what to do."""
+        if self._rsync is None:
+            found = []
+            for program in self.RSYNC:
+                try:
+                    answer = self.run([program, "--version"])
+                except OSError:
+                    continue
+                except subprocess.SubprocessError:
+                    found.append("%s (did not answer --version)" % program)
+                    continue
+                text = answer.stdout or ""
+                version = rsync_version(text)
+                if answer.returncode == 0 and version is not None and version >= MIN_RSYNC:
+                    self._rsync = program
+                    break
+                first_line = text.strip().splitlines()[0] if text.strip() else "no version"
+                found.append("%s (%s)" % (program, first_line))
+            else:
+                raise NoUsableRsync(
+                    "no usable rsync: linkdest needs rsync %d.%d or later, found %s; %s"
+                    % (MIN_RSYNC[0], MIN_RSYNC[1], ", ".join(found) or "none", self.RSYNC_FIX)
+                )
+        return self._rsync
 
     def on_ac_power(self) -> bool:
         raise NotImplementedError
 
     def addresses(self) -> list[str]:
+        raise NotImplementedError
+
+    def find_agent(self, environ: dict, user_home: str) -> None:
+        """Put the ssh agent that holds the user's unlocked key into environ
+        (SSH_AUTH_SOCK), where this platform keeps it."""
         raise NotImplementedError
 
     def on_networks(self, networks: list[str]) -> bool:
@@ -86,10 +147,18 @@ class Platform:
 
 
 class Linux(Platform):
-    """sysfs for power, iproute2 for addresses."""
+    """sysfs for power, iproute2 for addresses, keychain's agent."""
 
     def __init__(self, power_supplies: str = POWER_SUPPLIES):
         self.power_supplies = power_supplies
+
+    def find_agent(self, environ: dict, user_home: str) -> None:
+        """keychain, started at login (~/.profile), writes its agent's
+        address to ~/.keychain/HOST-sh."""
+        env_file = os.path.join(user_home, ".keychain", "%s-sh" % socket.gethostname())
+        with contextlib.suppress(OSError), open(env_file, encoding="utf-8") as handle:
+            for match in re.finditer(r"\b(SSH_AUTH_SOCK|SSH_AGENT_PID)=([^;\s]+)", handle.read()):
+                environ[match.group(1)] = match.group(2)
 
     def _read(self, *parts: str) -> str:
         try:
@@ -243,10 +312,14 @@ def parse_ifconfig(ifconfig: str) -> list[str]:
 
 
 class Darwin(Platform):
-    """pmset for power, ifconfig for addresses."""
+    """pmset for power, ifconfig for addresses, Homebrew's rsync."""
 
     PMSET = ("/usr/bin/pmset", "pmset")
     IFCONFIG = ("/sbin/ifconfig", "ifconfig")
+    # Homebrew on Apple silicon, then on Intel; /usr/bin/rsync last, so that
+    # the error can say what it is.
+    RSYNC = ("/opt/homebrew/bin/rsync", "/usr/local/bin/rsync", "/usr/bin/rsync")
+    RSYNC_FIX = "install Homebrew's (brew install rsync, or rerun site.yml)"
 
     def __init__(self, run: Callable[[list[str]], subprocess.CompletedProcess] = run_command):
         self.run = run
@@ -259,6 +332,19 @@ class Darwin(Platform):
     def addresses(self) -> list[str]:
         """The global addresses of this machine, with their prefix length."""
         return parse_ifconfig(output_of(self.run, self.IFCONFIG, []))
+
+    def find_agent(self, environ: dict, user_home: str) -> None:
+        """launchd starts an ssh-agent for each login session and gives its
+        address to the session's jobs; the key's passphrase is in the login
+        keychain (ssh-add --apple-use-keychain, once), and Apple's ssh-add
+        loads it from there without a prompt."""
+        if not environ.get("SSH_AUTH_SOCK"):
+            environ["SSH_AUTH_SOCK"] = output_of(
+                self.run, ("/bin/launchctl", "launchctl"), ["getenv", "SSH_AUTH_SOCK"]
+            ).strip()
+        if environ["SSH_AUTH_SOCK"]:
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                self.run(["/usr/bin/ssh-add", "--apple-load-keychain", "-q"], env=environ)
 
 
 def current(power_supplies: str = POWER_SUPPLIES) -> Platform:

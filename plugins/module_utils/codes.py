@@ -24,6 +24,8 @@ EXIT_NO_SOURCE = 66
 EXIT_NOT_FOUND = 67
 # The run could not happen now (on battery, away from home): not a failure.
 EXIT_SKIPPED = 69
+# The laptop has no usable rsync (3.1 or later; a Mac's own is not).
+EXIT_NO_RSYNC = 71
 # The backup drive is not mounted (or not the file system the backend needs).
 EXIT_NOT_MOUNTED = 72
 # EX_CANTCREAT: the server's drive is below the space guard's hard floor; on

@@ -316,6 +316,43 @@ def test_a_missing_source_fails_and_alerts_once(tmp_path):
     assert command.status.get("last_exit") == str(codes.EXIT_NO_SOURCE)
 
 
+def test_no_usable_rsync_fails_the_backup_naming_the_fix_and_alerts_once(tmp_path):
+    (tmp_path / "src").mkdir()
+    old_rsync = tmp_path / "rsync"
+    old_rsync.write_text("#!/bin/sh\necho 'rsync  version 2.6.9  protocol version 29'\n")
+    old_rsync.chmod(0o755)
+    darwin = client_platform.Darwin()
+    darwin.RSYNC = (str(tmp_path / "no-such-rsync"), str(old_rsync))
+    darwin.on_ac_power = lambda: True
+    command = client.Linkdest(
+        settings(tmp_path, alert_command='printf "%s|%s\\n" "$1" "$2" >> ' + str(tmp_path / "a")),
+        platform=darwin,
+    )
+    assert command.backup() == codes.EXIT_NO_RSYNC
+    assert command.backup() == codes.EXIT_NO_RSYNC
+    (alert,) = (tmp_path / "a").read_text().splitlines()
+    assert alert.startswith("failure|no usable rsync: linkdest needs rsync 3.1 or later")
+    assert "%s (rsync  version 2.6.9  protocol version 29)" % old_rsync in alert
+    assert "brew install rsync" in alert
+    status = command.status.read()
+    assert status["last_result"] == "failed"
+    assert status["last_exit"] == str(codes.EXIT_NO_RSYNC)
+
+
+def test_no_usable_rsync_stops_restore_with_its_exit_code(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(client_platform.Linux, "RSYNC", (str(tmp_path / "no-such-rsync"),))
+    values = {
+        "source": str(tmp_path / "src"),
+        "ssh_config": "c",
+        "server": "s",
+        "log_file": str(tmp_path / "log"),
+        "key_file": "k",
+        "user_home": str(tmp_path),
+    }
+    assert client.main(values, ["restore", "--to", str(tmp_path / "out")]) == codes.EXIT_NO_RSYNC
+    assert "linkdest: no usable rsync" in capsys.readouterr().err
+
+
 def test_usage_errors(tmp_path, capsys):
     values = {
         "source": str(tmp_path),

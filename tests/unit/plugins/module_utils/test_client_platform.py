@@ -163,9 +163,11 @@ class FakeRunner:
     def __init__(self, answers: dict):
         self.answers = answers
         self.calls: list[list[str]] = []
+        self.envs: list[dict | None] = []
 
-    def __call__(self, argv: list[str]) -> subprocess.CompletedProcess:
+    def __call__(self, argv: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
         self.calls.append(list(argv))
+        self.envs.append(None if env is None else dict(env))
         answer = self.answers.get(argv[0], FileNotFoundError(2, "No such file", argv[0]))
         if isinstance(answer, BaseException):
             raise answer
@@ -397,3 +399,164 @@ def test_the_module_parses_as_python_3_9():
     # statements, no parenthesized context managers.
     with open(client_platform.__file__, encoding="utf-8") as handle:
         ast.parse(handle.read(), feature_version=(3, 9))
+
+
+# --- rsync ---------------------------------------------------------------------
+
+# `rsync --version`, first lines, as each prints them.
+RSYNC_3_2_7 = (
+    "rsync  version 3.2.7  protocol version 31\nCopyright (C) 1996-2022 by Andrew Tridgell\n"
+)
+RSYNC_3_4_1 = (
+    "rsync  version v3.4.1  protocol version 32\nCopyright (C) 1996-2025 by Andrew Tridgell\n"
+)
+RSYNC_3_0_9 = "rsync  version 3.0.9  protocol version 30\n"
+APPLE_RSYNC_2_6_9 = (
+    "rsync  version 2.6.9  protocol version 29\n"
+    "Copyright (C) 1996-2006 by Andrew Tridgell, Wayne Davison, and others.\n"
+)
+OPENRSYNC = "openrsync: protocol version 29\nrsync version 2.6.9 compatible\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "version"),
+    [
+        (RSYNC_3_2_7, (3, 2, 7)),
+        (RSYNC_3_4_1, (3, 4, 1)),
+        (RSYNC_3_0_9, (3, 0, 9)),
+        (APPLE_RSYNC_2_6_9, (2, 6, 9)),
+        (OPENRSYNC, None),
+        ("", None),
+        ("bash: rsync: command not found\n", None),
+    ],
+)
+def test_rsync_version(text, version):
+    assert client_platform.rsync_version(text) == version
+
+
+def test_darwin_prefers_homebrew_rsync_on_apple_silicon_then_intel():
+    both = FakeRunner(
+        {
+            "/opt/homebrew/bin/rsync": (0, RSYNC_3_4_1),
+            "/usr/local/bin/rsync": (0, RSYNC_3_2_7),
+            "/usr/bin/rsync": (0, OPENRSYNC),
+        }
+    )
+    assert client_platform.Darwin(both).rsync() == "/opt/homebrew/bin/rsync"
+    intel = FakeRunner({"/usr/local/bin/rsync": (0, RSYNC_3_2_7), "/usr/bin/rsync": (0, OPENRSYNC)})
+    darwin = client_platform.Darwin(intel)
+    assert darwin.rsync() == "/usr/local/bin/rsync"
+    assert darwin.rsync() == "/usr/local/bin/rsync"
+    assert intel.calls.count(["/usr/local/bin/rsync", "--version"]) == 1  # asked once per run
+
+
+@pytest.mark.parametrize(
+    ("system_rsync", "said"),
+    [
+        (OPENRSYNC, "/usr/bin/rsync (openrsync: protocol version 29)"),
+        (APPLE_RSYNC_2_6_9, "/usr/bin/rsync (rsync  version 2.6.9  protocol version 29)"),
+    ],
+)
+def test_darwin_refuses_the_system_rsync_naming_the_fix(system_rsync, said):
+    darwin = client_platform.Darwin(FakeRunner({"/usr/bin/rsync": (0, system_rsync)}))
+    with pytest.raises(client_platform.NoUsableRsync) as refused:
+        darwin.rsync()
+    message = str(refused.value)
+    assert "linkdest needs rsync 3.1 or later" in message
+    assert said in message
+    assert "brew install rsync" in message
+
+
+def test_an_old_or_silent_homebrew_rsync_is_passed_over_and_named():
+    runner = FakeRunner(
+        {
+            "/opt/homebrew/bin/rsync": subprocess.TimeoutExpired(["rsync"], 30),
+            "/usr/local/bin/rsync": (0, RSYNC_3_0_9),
+            "/usr/bin/rsync": (1, ""),
+        }
+    )
+    with pytest.raises(client_platform.NoUsableRsync) as refused:
+        client_platform.Darwin(runner).rsync()
+    message = str(refused.value)
+    assert "/opt/homebrew/bin/rsync (did not answer --version)" in message
+    assert "/usr/local/bin/rsync (rsync  version 3.0.9  protocol version 30)" in message
+    assert "/usr/bin/rsync (no version)" in message
+
+
+def test_no_rsync_at_all_is_named():
+    with pytest.raises(client_platform.NoUsableRsync, match="found none; install Homebrew"):
+        client_platform.Darwin(FakeRunner({})).rsync()
+
+
+def _script(path, text):
+    path.write_text("#!/bin/sh\nprintf '%s' '" + text + "'\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_real_programs_are_asked(tmp_path):
+    # Real processes, not a fake runner: this machine's rsync passes, and
+    # scripts that answer as openrsync and Apple's rsync do are refused.
+    linux = client_platform.Linux(str(tmp_path))
+    assert linux.rsync() == "rsync"
+    darwin = client_platform.Darwin()
+    darwin.RSYNC = (
+        _script(tmp_path / "openrsync", OPENRSYNC),
+        _script(tmp_path / "old", APPLE_RSYNC_2_6_9),
+    )
+    with pytest.raises(client_platform.NoUsableRsync, match="openrsync: protocol version 29"):
+        darwin.rsync()
+    darwin = client_platform.Darwin()
+    darwin.RSYNC = (str(tmp_path / "missing"), _script(tmp_path / "new", RSYNC_3_2_7))
+    assert darwin.rsync() == str(tmp_path / "new")
+
+
+# --- the agent that holds the key ---------------------------------------------
+
+
+def test_linux_finds_keychains_agent(tmp_path, monkeypatch):
+    monkeypatch.setattr(client_platform.socket, "gethostname", lambda: "lap")
+    (tmp_path / ".keychain").mkdir()
+    (tmp_path / ".keychain" / "lap-sh").write_text(
+        "SSH_AUTH_SOCK=/tmp/ssh-x/agent.9; export SSH_AUTH_SOCK;\n"
+        "SSH_AGENT_PID=10; export SSH_AGENT_PID;\n"
+    )
+    environ = {}
+    client_platform.Linux().find_agent(environ, str(tmp_path))
+    assert environ == {"SSH_AUTH_SOCK": "/tmp/ssh-x/agent.9", "SSH_AGENT_PID": "10"}
+    environ = {}
+    client_platform.Linux().find_agent(environ, str(tmp_path / "nobody"))
+    assert environ == {}
+
+
+def test_darwin_asks_launchd_for_the_agent_and_loads_the_keychains_passphrase():
+    runner = FakeRunner(
+        {
+            "/bin/launchctl": (0, "/private/tmp/com.apple.launchd.x/Listeners\n"),
+            "/usr/bin/ssh-add": (0, ""),
+        }
+    )
+    environ = {"HOME": "/Users/alice"}
+    client_platform.Darwin(runner).find_agent(environ, "/Users/alice")
+    assert environ["SSH_AUTH_SOCK"] == "/private/tmp/com.apple.launchd.x/Listeners"
+    assert runner.calls == [
+        ["/bin/launchctl", "getenv", "SSH_AUTH_SOCK"],
+        ["/usr/bin/ssh-add", "--apple-load-keychain", "-q"],
+    ]
+    assert runner.envs[1]["SSH_AUTH_SOCK"] == environ["SSH_AUTH_SOCK"]
+
+
+def test_darwin_keeps_a_given_agent_and_survives_no_agent():
+    runner = FakeRunner({"/usr/bin/ssh-add": subprocess.TimeoutExpired(["ssh-add"], 30)})
+    environ = {"SSH_AUTH_SOCK": "/given"}
+    client_platform.Darwin(runner).find_agent(environ, "/Users/alice")
+    assert environ["SSH_AUTH_SOCK"] == "/given"
+    assert runner.calls == [["/usr/bin/ssh-add", "--apple-load-keychain", "-q"]]
+    runner = FakeRunner({})  # no launchctl answer: no agent, nothing asked of ssh-add
+    environ = {}
+    client_platform.Darwin(runner).find_agent(environ, "/Users/alice")
+    assert environ["SSH_AUTH_SOCK"] == ""
+    assert runner.calls == [
+        ["/bin/launchctl", "getenv", "SSH_AUTH_SOCK"],
+        ["launchctl", "getenv", "SSH_AUTH_SOCK"],
+    ]

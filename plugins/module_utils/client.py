@@ -633,6 +633,9 @@ class Linkdest:
             raise self.fail(
                 codes.EXIT_NO_SOURCE, "source folder %s is missing" % self.settings.source
             )
+        blocked = self.platform.privacy_block(self.settings.source)
+        if blocked:
+            raise self.fail(codes.EXIT_PRIVACY, blocked)
         try:
             self.platform.rsync()
         except client_platform.NoUsableRsync as exc:

@@ -13,12 +13,14 @@ is the Command Line Tools' 3.9.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
 import platform
 import re
 import socket
 import subprocess
+import sys
 from collections.abc import Callable, Sequence
 
 POWER_SUPPLIES = "/sys/class/power_supply"
@@ -136,6 +138,11 @@ class Platform:
         """Put the ssh agent that holds the user's unlocked key into environ
         (SSH_AUTH_SOCK), where this platform keeps it."""
         raise NotImplementedError
+
+    def privacy_block(self, source: str) -> str:
+        """What the system's privacy protection keeps this run from reading
+        in the source, as a message that names the fix; "" when nothing."""
+        return ""
 
     def on_networks(self, networks: list[str]) -> bool:
         """True when no networks are required or an address lies in one."""
@@ -323,6 +330,10 @@ class Darwin(Platform):
 
     def __init__(self, run: Callable[[list[str]], subprocess.CompletedProcess] = run_command):
         self.run = run
+        self.scandir = os.scandir
+        # Full Disk Access is granted to a program: the interpreter itself,
+        # not /usr/bin/python3 (a shim that starts the Command Line Tools').
+        self.interpreter = os.path.realpath(sys.executable)
 
     def on_ac_power(self) -> bool:
         """True on mains power; also when pmset cannot tell (a desktop Mac
@@ -332,6 +343,38 @@ class Darwin(Platform):
     def addresses(self) -> list[str]:
         """The global addresses of this machine, with their prefix length."""
         return parse_ifconfig(output_of(self.run, self.IFCONFIG, []))
+
+    # Folders macOS protects that lie deeper than the source's own folders
+    # when the source is the home folder (iCloud Drive, cloud providers).
+    PROTECTED_DEEPER = ("Library/Mobile Documents", "Library/CloudStorage")
+
+    def privacy_block(self, source: str) -> str:
+        """A process without Full Disk Access gets EPERM opening Desktop,
+        Documents, Downloads, iCloud Drive and other protected folders (a
+        plain permission problem is EACCES). The source, each folder in it
+        and PROTECTED_DEEPER are opened, so that no run makes a snapshot with
+        such a folder silently missing."""
+        candidates = [source]
+        for path in candidates:
+            try:
+                with self.scandir(path) as entries:
+                    if path == source:
+                        candidates += [
+                            entry.path for entry in entries if entry.is_dir(follow_symlinks=False)
+                        ]
+                        candidates += [
+                            os.path.join(source, deeper) for deeper in self.PROTECTED_DEEPER
+                        ]
+            except PermissionError as exc:
+                if exc.errno == errno.EPERM:
+                    return (
+                        "macOS keeps linkdest from reading %s (privacy protection): in System"
+                        " Settings, Privacy & Security, Full Disk Access, add %s (the Python"
+                        " that runs linkdest) and switch it on" % (path, self.interpreter)
+                    )
+            except OSError:
+                continue  # gone, or not a folder: rsync says what it could not read
+        return ""
 
     def find_agent(self, environ: dict, user_home: str) -> None:
         """launchd starts an ssh-agent for each login session and gives its

@@ -41,6 +41,9 @@ EXIT_FULL_RUN_NEEDED = 76
 EXIT_REFUSED = 77
 # The ssh agent holds no unlocked backup key (keychain, after a reboot).
 EXIT_NO_AGENT = 78
+# macOS's privacy protection keeps linkdest from reading part of the source
+# (Full Disk Access not granted): no snapshot is made without it.
+EXIT_PRIVACY = 79
 
 # --- snapshot names: chosen by the server, in UTC ---
 SNAPSHOT_PREFIX = "back-"

@@ -6,6 +6,7 @@ without a server (molecule runs it against a real one)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -337,6 +338,30 @@ def test_no_usable_rsync_fails_the_backup_naming_the_fix_and_alerts_once(tmp_pat
     status = command.status.read()
     assert status["last_result"] == "failed"
     assert status["last_exit"] == str(codes.EXIT_NO_RSYNC)
+
+
+def test_a_folder_macos_protects_fails_the_backup_before_anything_is_sent(tmp_path):
+    (tmp_path / "src" / "Documents").mkdir(parents=True)
+    darwin = client_platform.Darwin()
+    darwin.on_ac_power = lambda: True
+    protected = str(tmp_path / "src" / "Documents")
+
+    def scandir(path):
+        if str(path) == protected:
+            raise PermissionError(errno.EPERM, "Operation not permitted", protected)
+        return os.scandir(path)
+
+    darwin.scandir = scandir
+    darwin.rsync = lambda: pytest.fail("no rsync may run without Full Disk Access")
+    command = client.Linkdest(
+        settings(tmp_path, alert_command='printf "%s|%s\\n" "$1" "$2" >> ' + str(tmp_path / "a")),
+        platform=darwin,
+    )
+    assert command.backup() == codes.EXIT_PRIVACY
+    (alert,) = (tmp_path / "a").read_text().splitlines()
+    assert alert.startswith("failure|macOS keeps linkdest from reading %s" % protected)
+    assert "Full Disk Access" in alert
+    assert command.status.read()["last_exit"] == str(codes.EXIT_PRIVACY)
 
 
 def test_no_usable_rsync_stops_restore_with_its_exit_code(tmp_path, capsys, monkeypatch):

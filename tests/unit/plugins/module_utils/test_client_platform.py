@@ -12,7 +12,10 @@ Linux layer is tested in test_client.py.
 from __future__ import annotations
 
 import ast
+import errno
+import os
 import subprocess
+import sys
 
 import pytest
 
@@ -560,3 +563,56 @@ def test_darwin_keeps_a_given_agent_and_survives_no_agent():
         ["/bin/launchctl", "getenv", "SSH_AUTH_SOCK"],
         ["launchctl", "getenv", "SSH_AUTH_SOCK"],
     ]
+
+
+# --- privacy protection (Full Disk Access) ------------------------------------
+
+
+def _scandir_refusing(refused: dict):
+    """os.scandir, except that the paths in refused raise PermissionError
+    with the errno given (macOS gives EPERM for a protected folder)."""
+
+    def scandir(path):
+        if str(path) in refused:
+            raise PermissionError(refused[str(path)], "Operation not permitted", str(path))
+        return os.scandir(path)
+
+    return scandir
+
+
+def _home(tmp_path):
+    for folder in ("Desktop", "Documents", "Pictures", "Library/Mobile Documents"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "notes.txt").write_text("x")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "protected", ["Documents", "Library/Mobile Documents", ""], ids=["in-it", "deeper", "source"]
+)
+def test_darwin_names_a_folder_macos_keeps_from_it(tmp_path, protected):
+    home = _home(tmp_path)
+    darwin = client_platform.Darwin(FakeRunner({}))
+    darwin.interpreter = "/Library/Developer/CommandLineTools/usr/bin/python3"
+    refused = str(home / protected) if protected else str(home)
+    darwin.scandir = _scandir_refusing({refused: errno.EPERM})
+    message = darwin.privacy_block(str(home))
+    assert message.startswith("macOS keeps linkdest from reading %s (privacy protection)" % refused)
+    assert "Full Disk Access, add /Library/Developer/CommandLineTools/usr/bin/python3" in message
+
+
+def test_darwin_leaves_plain_permission_problems_to_rsync(tmp_path):
+    home = _home(tmp_path)
+    darwin = client_platform.Darwin(FakeRunner({}))
+    darwin.scandir = _scandir_refusing({str(home / "Desktop"): errno.EACCES})
+    assert darwin.privacy_block(str(home)) == ""
+    assert darwin.privacy_block(str(home / "no such folder")) == ""
+    assert client_platform.Darwin(FakeRunner({})).privacy_block(str(home)) == ""
+
+
+def test_darwin_interpreter_is_the_real_program():
+    assert client_platform.Darwin(FakeRunner({})).interpreter == os.path.realpath(sys.executable)
+
+
+def test_linux_has_no_privacy_protection_to_name(tmp_path):
+    assert client_platform.Linux().privacy_block(str(tmp_path)) == ""

@@ -12,6 +12,8 @@ import sys
 import pytest
 import yaml
 
+from ansible_collections.linkdest.backup.plugins.module_utils import changelist
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ROLES = sorted(
     p.name for p in (ROOT / "roles").iterdir() if (p / "meta" / "argument_specs.yml").exists()
@@ -67,3 +69,17 @@ def test_lint_checks_python_39_on_every_file_a_laptop_runs():
     recipe = makefile[makefile.index("vermin --target=3.9-") :].split("\n\n")[0]
     checked = [word for word in recipe.split() if word.endswith(".py")]
     assert sorted(checked) == sorted(installed)
+
+
+@pytest.mark.parametrize("system", ["Linux", "Darwin"])
+def test_system_excludes_keep_change_lists(system):
+    # A pattern the laptop's walk cannot apply would make every run a full
+    # one; the defaults of each platform must not.
+    constants = _load(ROOT / "roles" / "backup_client" / "vars" / ("%s.yml" % system))
+    excludes = changelist.Excludes(constants["__backup_client_system_excludes"])
+    if system == "Darwin":
+        assert excludes.excluded("Photos/.DS_Store", ".DS_Store", False)
+        assert excludes.excluded("Photos/._IMG_1.jpg", "._IMG_1.jpg", False)
+        assert excludes.excluded("stick/.Trashes", ".Trashes", True)
+        assert not excludes.excluded("Photos/IMG_1.jpg", "IMG_1.jpg", False)
+        assert not excludes.excluded("notes/.Trashes", ".Trashes", False)  # a file, not the folder

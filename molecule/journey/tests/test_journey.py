@@ -48,6 +48,11 @@ AWKWARD = {
     "Fotos/日本/寺.jpg": ("more jpeg bytes\n", "0644", "2018-03-03 03:03:03"),
     "bin/sync notes.sh": ("#!/bin/sh\necho syncing\n", "0755", "2020-02-29 10:00:00"),
     "notes/-starts with a dash.txt": ("dash\n", "0640", "2001-01-01 00:00:00"),
+    # One name twice: composed (NFC, as Linux programs write it) and decomposed
+    # (NFD, as HFS+ and many Mac apps do). Two files, each back byte for byte.
+    "Fotos/Caf\u00e9.txt": ("composed\n", "0644", "2021-06-01 08:00:00"),
+    "Fotos/Cafe\u0301.txt": ("decomposed\n", "0644", "2021-06-01 08:00:01"),
+    "Fotos/Nai\u0308ve/cre\u0300me bru\u0302le\u0301e.txt": ("nfd\n", "0644", "2022-02-02"),
 }
 _STATE = {}
 

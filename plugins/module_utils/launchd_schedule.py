@@ -5,19 +5,23 @@
 The backup_client role takes one setting, ``backup_client_schedule``, in
 crontab's words. Cron on Linux runs it as written; a Mac has launchd, whose
 ``StartCalendarInterval`` is a list of dicts (Minute, Hour, Day, Weekday,
-Month; a missing key matches any value) that fires when any dict matches.
-launchd has no ranges, steps or lists, so each combination of values becomes
-one dict, and cron's one surprise is kept: when both the day of the month and
-the day of the week are restricted (neither field starts with ``*``), cron
-runs on a day that matches either, so the two become separate dicts.
+Month; a missing key matches any value) that fires when any dict does.
+
+launchd's rule for one dict is not quite "every key matches" (its calendar
+code, cronemu and cronemu_wday): with a Weekday and a Day it fires on either
+day, as cron does when both day fields are restricted, and a Weekday ignores
+the Month. So each combination of values becomes one dict, and what launchd
+cannot say is refused with a message rather than run at other times: a day
+of the week limited to some months, and cron's "both day fields" rule (one
+of them starred, the other restricted).
 
 Parsing here also checks the schedule on every platform: cron ignores a bad
-line in /etc/cron.d with a log message nobody reads, and the backups stop.
-Only what Debian's cron documents is accepted: numbers, names of months and
-days, ``*``, ranges, lists, and steps after ``*`` or a range.
+line in /etc/cron.d with a log message nobody reads, and the backups stop; a
+schedule no date can match (February 30) is refused too. Only what Debian's
+cron documents is accepted: numbers, names of months and days, ``*``, ranges,
+lists, and steps after ``*`` or a range.
 
-Python 3.9 and the standard library only (the role's filter runs it on the
-controller; a unit test keeps the laptop-side rule).
+Python 3.9 and the standard library only.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ MAX_ENTRIES = 1000
 
 MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+# The most days each month can have (February: in a leap year).
+MONTH_DAYS = {1: 31, 2: 29, 3: 31, 4: 30, 5: 31, 6: 30, 7: 31, 8: 31, 9: 30, 10: 31, 11: 30, 12: 31}
 
 
 class ScheduleError(ValueError):
@@ -126,6 +132,17 @@ class Schedule:
         # its values: "*/2" is starred, "1-31" is not.
         self.day_starred = parts[2].startswith("*")
         self.weekday_starred = parts[4].startswith("*")
+        self.either_day = not (self.day_starred or self.weekday_starred)
+        days, months = self.values[2], self.values[3]
+        # "Either day" always has a day: a day of the week comes round in
+        # every month (and a weekday field that is every day is every day).
+        if not self.either_day and not any(
+            day <= MONTH_DAYS[month] for day in days for month in months
+        ):
+            raise ScheduleError(
+                "%r never runs: no month in it has day %s"
+                % (text, ",".join(str(day) for day in sorted(days)))
+            )
 
     def restricted(self, index):
         """The field's sorted values, or None when it matches every value."""
@@ -146,22 +163,41 @@ def calendar_intervals(text):
 
     A list of dicts with int values; a key that is missing matches any value.
     Raises ScheduleError, with a message that names the field, on a schedule
-    cron would not run or launchd could only hold as more than MAX_ENTRIES.
+    cron would not run, one launchd cannot run at the same times, and one it
+    could only hold as more than MAX_ENTRIES.
     """
     schedule = Schedule(text)
-    day, weekday = schedule.restricted(2), schedule.restricted(4)
-    if schedule.day_starred or schedule.weekday_starred:
-        days = _product(_product([{}], "Day", day), "Weekday", weekday)
-    elif day is None or weekday is None:
-        # Either field matches every day: so does "either".
-        days = [{}]
-    else:
+    day, month, weekday = (schedule.restricted(index) for index in (2, 3, 4))
+    if weekday is None:
+        # "Either day" with a weekday field that is every day: every day.
+        every_day = schedule.either_day or day is None
+        days = [{}] if every_day else [{"Day": value} for value in day]
+    elif schedule.either_day and day is None:
+        days = [{}]  # "either day" with a day field that is every day
+    elif schedule.either_day:
+        # launchd's own rule for a Day and a Weekday is "either", as cron's.
         days = [{"Day": value} for value in day] + [{"Weekday": value} for value in weekday]
-    others = [
-        (key, schedule.restricted(index))
-        for key, index in (("Month", 3), ("Hour", 1), ("Minute", 0))
-    ]
-    count = len(days)
+    elif day is None:
+        days = [{"Weekday": value} for value in weekday]
+    else:
+        raise ScheduleError(
+            "%r: launchd runs a job on a day of the month or on a day of the week, never only"
+            " when both match: write the day of the month or the day of the week as *" % text
+        )
+    if month is not None and any("Weekday" in entry for entry in days):
+        raise ScheduleError(
+            "%r: launchd cannot keep a day of the week to some months (it would run in every"
+            " month): use * for the month, or days of the month" % text
+        )
+    entries = []
+    for entry in days:
+        for value in month or [None]:
+            if value is None:
+                entries.append(dict(entry))
+            elif entry.get("Day", 1) <= MONTH_DAYS[value]:
+                entries.append(dict(entry, Month=value))  # never February 30
+    others = [(key, schedule.restricted(index)) for key, index in (("Hour", 1), ("Minute", 0))]
+    count = len(entries)
     for _key, values in others:
         count *= len(values or [None])
     if count > MAX_ENTRIES:
@@ -169,7 +205,6 @@ def calendar_intervals(text):
             "%r needs %d launchd entries (one for each combination of values), more than %d: "
             "choose a simpler schedule" % (text, count, MAX_ENTRIES)
         )
-    entries = days
     for key, values in others:
         entries = _product(entries, key, values)
     order = ("Month", "Day", "Weekday", "Hour", "Minute")

@@ -31,7 +31,8 @@ SCHEDULES = [
     "0 0 13 * fri",
     "15,45 8-18 * * mon-fri",
     "0 3 1 jan,jul *",
-    "*/10 * */2 * 0",
+    "*/10 * * * 0",
+    "0 3 1,15 * *",
 ]
 LOG = "/Users/o'brien & <co>/Library/Logs/linkdest/launchd.log"
 

@@ -157,6 +157,13 @@ CASES = [
         "backup_client_schedule '61 * * * *': minute 61 is outside 0-59",
         id="schedule-minute-out-of-range",
     ),
+    pytest.param(
+        {},
+        {"backup_client_schedule": "0 0 30 2 *"},
+        True,
+        "backup_client_schedule '0 0 30 2 *' never runs: no month in it has day 30",
+        id="schedule-no-such-date",
+    ),
     pytest.param({}, {}, False, "backup_client_server", id="laptop-without-server"),
     pytest.param({}, {"backup_client_user": DROP}, True, "backup_client_user", id="no-user"),
     pytest.param(
@@ -259,3 +266,12 @@ def test_good_input_passes_the_check_play(tmp_path):
     result = _run_site(tmp_path, {}, {}, True)
     output = result.stdout + result.stderr
     assert "PLAY [Create each laptop's backup key]" in output, output
+
+
+def test_a_schedule_only_launchd_cannot_run_is_fine_on_linux(tmp_path):
+    """A weekday kept to some months: cron runs it, launchd could not; this
+    laptop is Linux, so the check play lets it through."""
+    result = _run_site(tmp_path, {}, {"backup_client_schedule": "0 9 * 1 mon"}, True)
+    output = result.stdout + result.stderr
+    assert "PLAY [Create each laptop's backup key]" in output, output
+    assert "launchd cannot" not in output

@@ -524,6 +524,14 @@ class Linkdest:
     def ssh_command(self, *options: str) -> list[str]:
         return [self.ssh_program, "-F", self.settings.ssh_config, *options]
 
+    def _excluded_folder(self):
+        """Whether the run leaves out a folder: this laptop's excludes, as
+        the change list applies them; none when it cannot (rsync can)."""
+        try:
+            return changelist.Excludes(self.settings.excludes).excluded
+        except changelist.Unsupported:
+            return lambda path, name, is_dir: False
+
     def load_agent(self) -> bool:
         """With keychain the key has a passphrase: use the agent the user's
         login unlocked it into (keychain on Linux, the login keychain on a
@@ -633,7 +641,9 @@ class Linkdest:
             raise self.fail(
                 codes.EXIT_NO_SOURCE, "source folder %s is missing" % self.settings.source
             )
-        blocked = self.platform.privacy_block(self.settings.source)
+        blocked = self.platform.privacy_block(
+            self.settings.source, self._excluded_folder(), self.settings.copy_links
+        )
         if blocked:
             raise self.fail(codes.EXIT_PRIVACY, blocked)
         try:
@@ -643,8 +653,7 @@ class Linkdest:
         if not self.load_agent():
             raise self.fail(
                 codes.EXIT_NO_AGENT,
-                "the ssh agent holds no unlocked backup key: keychain unlocks it when the"
-                " user logs in (after a reboot, log in once)",
+                "the ssh agent holds no unlocked backup key: " + self.platform.AGENT_HELP,
             )
         self._refuse_empty_first_run()
         self.ping_health("start")

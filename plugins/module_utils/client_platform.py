@@ -91,6 +91,12 @@ def output_of(
     return ""
 
 
+def _prefixes(relative: str) -> list[str]:
+    """ "a/b/c" -> ["a", "a/b", "a/b/c"]: each folder on the way to a path."""
+    parts = relative.split("/")
+    return ["/".join(parts[: index + 1]) for index in range(len(parts))]
+
+
 class Platform:
     """What every platform layer shares; subclasses provide on_ac_power()
     and addresses(), and name where rsync may be."""
@@ -139,9 +145,19 @@ class Platform:
         (SSH_AUTH_SOCK), where this platform keeps it."""
         raise NotImplementedError
 
-    def privacy_block(self, source: str) -> str:
+    # What to do when no agent holds the key (keychain mode), for the message.
+    AGENT_HELP = "keychain unlocks it when the user logs in (after a reboot, log in once)"
+
+    def privacy_block(
+        self,
+        source: str,
+        excluded: Callable[[str, str, bool], bool] = lambda path, name, is_dir: False,
+        follow_links: bool = False,
+    ) -> str:
         """What the system's privacy protection keeps this run from reading
-        in the source, as a message that names the fix; "" when nothing."""
+        in the source, as a message that names the fix; "" when nothing.
+        excluded(path, name, is_dir) says which folders the run leaves out;
+        follow_links: symlinked folders are read too (rsync --copy-links)."""
         return ""
 
     def on_networks(self, networks: list[str]) -> bool:
@@ -344,27 +360,42 @@ class Darwin(Platform):
         """The global addresses of this machine, with their prefix length."""
         return parse_ifconfig(output_of(self.run, self.IFCONFIG, []))
 
+    AGENT_HELP = (
+        "store its passphrase in the login keychain once (ssh-add --apple-use-keychain KEY)"
+        " and stay logged in: runs load it from there"
+    )
     # Folders macOS protects that lie deeper than the source's own folders
     # when the source is the home folder (iCloud Drive, cloud providers).
     PROTECTED_DEEPER = ("Library/Mobile Documents", "Library/CloudStorage")
 
-    def privacy_block(self, source: str) -> str:
+    def privacy_block(
+        self,
+        source: str,
+        excluded: Callable[[str, str, bool], bool] = lambda path, name, is_dir: False,
+        follow_links: bool = False,
+    ) -> str:
         """A process without Full Disk Access gets EPERM opening Desktop,
         Documents, Downloads, iCloud Drive and other protected folders (a
         plain permission problem is EACCES). The source, each folder in it
-        and PROTECTED_DEEPER are opened, so that no run makes a snapshot with
-        such a folder silently missing."""
+        the run reads and PROTECTED_DEEPER are opened, so that no run makes a
+        snapshot with such a folder silently missing."""
         candidates = [source]
+        try:
+            with self.scandir(source) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=follow_links) and not excluded(
+                        entry.name, entry.name, True
+                    ):
+                        candidates.append(entry.path)
+        except OSError:
+            pass  # the source itself is tried below, and refused there
+        for deeper in self.PROTECTED_DEEPER:
+            if not any(excluded(part, part.rsplit("/", 1)[-1], True) for part in _prefixes(deeper)):
+                candidates.append(os.path.join(source, deeper))
         for path in candidates:
             try:
-                with self.scandir(path) as entries:
-                    if path == source:
-                        candidates += [
-                            entry.path for entry in entries if entry.is_dir(follow_symlinks=False)
-                        ]
-                        candidates += [
-                            os.path.join(source, deeper) for deeper in self.PROTECTED_DEEPER
-                        ]
+                with self.scandir(path):
+                    pass
             except PermissionError as exc:
                 if exc.errno == errno.EPERM:
                     return (

@@ -364,6 +364,24 @@ def test_a_folder_macos_protects_fails_the_backup_before_anything_is_sent(tmp_pa
     assert command.status.read()["last_exit"] == str(codes.EXIT_PRIVACY)
 
 
+def test_an_excluded_protected_folder_does_not_stop_the_backup(tmp_path):
+    (tmp_path / "src" / "Documents").mkdir(parents=True)
+    darwin = client_platform.Darwin()
+    darwin.on_ac_power = lambda: True
+    protected = str(tmp_path / "src" / "Documents")
+
+    def scandir(path):
+        if str(path) == protected:
+            raise PermissionError(errno.EPERM, "Operation not permitted", protected)
+        return os.scandir(path)
+
+    darwin.scandir = scandir
+    command = client.Linkdest(settings(tmp_path, excludes=["/Documents/"]), platform=darwin)
+    # It goes on to rsync and the (missing) server; the privacy check let it.
+    assert command.backup() != codes.EXIT_PRIVACY
+    assert "macOS keeps" not in command.status.read().get("last_error", "")
+
+
 def test_no_usable_rsync_stops_restore_with_its_exit_code(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(client_platform.Linux, "RSYNC", (str(tmp_path / "no-such-rsync"),))
     values = {

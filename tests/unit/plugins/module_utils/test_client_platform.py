@@ -616,3 +616,32 @@ def test_darwin_interpreter_is_the_real_program():
 
 def test_linux_has_no_privacy_protection_to_name(tmp_path):
     assert client_platform.Linux().privacy_block(str(tmp_path)) == ""
+
+
+def test_darwin_skips_what_the_run_leaves_out_and_follows_links_it_reads(tmp_path):
+    home = _home(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    (home / "Desktop link").symlink_to(tmp_path / "elsewhere")
+    darwin = client_platform.Darwin(FakeRunner({}))
+    darwin.scandir = _scandir_refusing(
+        {str(home / "Documents"): errno.EPERM, str(home / "Desktop link"): errno.EPERM}
+    )
+
+    def documents_excluded(path, name, is_dir):
+        return path == "Documents"
+
+    assert darwin.privacy_block(str(home), documents_excluded) == ""
+    # rsync --copy-links reads what a link points to: so does the check.
+    assert "Desktop link" in darwin.privacy_block(str(home), documents_excluded, True)
+
+    def library_excluded(path, name, is_dir):
+        return path == "Library"
+
+    darwin.scandir = _scandir_refusing({str(home / "Library/Mobile Documents"): errno.EPERM})
+    assert darwin.privacy_block(str(home), library_excluded) == ""
+    assert "Library/Mobile Documents" in darwin.privacy_block(str(home))
+
+
+def test_the_agent_help_names_the_platforms_fix():
+    assert "log in" in client_platform.Linux.AGENT_HELP
+    assert "ssh-add --apple-use-keychain" in client_platform.Darwin.AGENT_HELP

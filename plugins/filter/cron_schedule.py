@@ -15,15 +15,8 @@ description:
     single spaces.
   - Fails with a message naming the field on a schedule cron would not run, including one no
     date can match (February 30). Cron itself skips such a line with a log message only.
-options:
-  _input:
-    description: Five crontab fields, such as C(*/30 * * * *).
-    type: str
-    required: true
-  setting:
-    description: The name of the setting the schedule came from, for the error message.
-    type: str
-    default: schedule
+extends_documentation_fragment:
+  - linkdest.backup.schedule
 """
 
 EXAMPLES = r"""

@@ -17,15 +17,8 @@ description:
     that matches either; the result keeps that with separate entries.
   - Fails with a message naming the field on a schedule cron would not run, or one that needs
     more than 1000 entries.
-options:
-  _input:
-    description: Five crontab fields, such as C(*/30 * * * *).
-    type: str
-    required: true
-  setting:
-    description: The name of the setting the schedule came from, for the error message.
-    type: str
-    default: schedule
+extends_documentation_fragment:
+  - linkdest.backup.schedule
 """
 
 EXAMPLES = r"""

@@ -530,7 +530,7 @@ class Linkdest:
         try:
             return changelist.Excludes(self.settings.excludes).excluded
         except changelist.Unsupported:
-            return lambda path, name, is_dir: False
+            return client_platform.nothing_excluded
 
     def load_agent(self) -> bool:
         """With keychain the key has a passphrase: use the agent the user's

@@ -91,6 +91,11 @@ def output_of(
     return ""
 
 
+def nothing_excluded(path: str, name: str, is_dir: bool) -> bool:
+    """The default of what a run leaves out (see changelist.Excludes.excluded)."""
+    return False
+
+
 def _prefixes(relative: str) -> list[str]:
     """ "a/b/c" -> ["a", "a/b", "a/b/c"]: each folder on the way to a path."""
     parts = relative.split("/")
@@ -148,12 +153,7 @@ class Platform:
     # What to do when no agent holds the key (keychain mode), for the message.
     AGENT_HELP = "keychain unlocks it when the user logs in (after a reboot, log in once)"
 
-    def privacy_block(
-        self,
-        source: str,
-        excluded: Callable[[str, str, bool], bool] = lambda path, name, is_dir: False,
-        follow_links: bool = False,
-    ) -> str:
+    def privacy_block(self, source: str, excluded=nothing_excluded, follow_links=False) -> str:
         """What the system's privacy protection keeps this run from reading
         in the source, as a message that names the fix; "" when nothing.
         excluded(path, name, is_dir) says which folders the run leaves out;
@@ -368,12 +368,7 @@ class Darwin(Platform):
     # when the source is the home folder (iCloud Drive, cloud providers).
     PROTECTED_DEEPER = ("Library/Mobile Documents", "Library/CloudStorage")
 
-    def privacy_block(
-        self,
-        source: str,
-        excluded: Callable[[str, str, bool], bool] = lambda path, name, is_dir: False,
-        follow_links: bool = False,
-    ) -> str:
+    def privacy_block(self, source: str, excluded=nothing_excluded, follow_links=False) -> str:
         """A process without Full Disk Access gets EPERM opening Desktop,
         Documents, Downloads, iCloud Drive and other protected folders (a
         plain permission problem is EACCES). The source, each folder in it

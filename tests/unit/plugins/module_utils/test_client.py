@@ -340,7 +340,9 @@ def test_no_usable_rsync_fails_the_backup_naming_the_fix_and_alerts_once(tmp_pat
     assert status["last_exit"] == str(codes.EXIT_NO_RSYNC)
 
 
-def test_a_folder_macos_protects_fails_the_backup_before_anything_is_sent(tmp_path):
+def _mac_without_full_disk_access(tmp_path):
+    """A Darwin layer on mains power whose ~/src/Documents opens with EPERM,
+    as macOS answers a process without Full Disk Access; and that path."""
     (tmp_path / "src" / "Documents").mkdir(parents=True)
     darwin = client_platform.Darwin()
     darwin.on_ac_power = lambda: True
@@ -352,6 +354,11 @@ def test_a_folder_macos_protects_fails_the_backup_before_anything_is_sent(tmp_pa
         return os.scandir(path)
 
     darwin.scandir = scandir
+    return darwin, protected
+
+
+def test_a_folder_macos_protects_fails_the_backup_before_anything_is_sent(tmp_path):
+    darwin, protected = _mac_without_full_disk_access(tmp_path)
     darwin.rsync = lambda: pytest.fail("no rsync may run without Full Disk Access")
     command = client.Linkdest(
         settings(tmp_path, alert_command='printf "%s|%s\\n" "$1" "$2" >> ' + str(tmp_path / "a")),
@@ -365,17 +372,7 @@ def test_a_folder_macos_protects_fails_the_backup_before_anything_is_sent(tmp_pa
 
 
 def test_an_excluded_protected_folder_does_not_stop_the_backup(tmp_path):
-    (tmp_path / "src" / "Documents").mkdir(parents=True)
-    darwin = client_platform.Darwin()
-    darwin.on_ac_power = lambda: True
-    protected = str(tmp_path / "src" / "Documents")
-
-    def scandir(path):
-        if str(path) == protected:
-            raise PermissionError(errno.EPERM, "Operation not permitted", protected)
-        return os.scandir(path)
-
-    darwin.scandir = scandir
+    darwin, protected = _mac_without_full_disk_access(tmp_path)
     command = client.Linkdest(settings(tmp_path, excludes=["/Documents/"]), platform=darwin)
     # It goes on to rsync and the (missing) server; the privacy check let it.
     assert command.backup() != codes.EXIT_PRIVACY

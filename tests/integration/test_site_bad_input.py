@@ -262,15 +262,9 @@ def test_bad_input_stops_the_run_before_any_change(
 
 
 def test_good_input_passes_the_check_play(tmp_path):
-    """The same inventory without the bad value gets past the check play (the test can fail)."""
-    result = _run_site(tmp_path, {}, {}, True)
-    output = result.stdout + result.stderr
-    assert "PLAY [Create each laptop's backup key]" in output, output
-
-
-def test_a_schedule_only_launchd_cannot_run_is_fine_on_linux(tmp_path):
-    """A weekday kept to some months: cron runs it, launchd could not; this
-    laptop is Linux, so the check play lets it through."""
+    """The same inventory without the bad value gets past the check play (the test can fail).
+    Its schedule keeps a weekday to some months: cron runs that, launchd could not, and
+    this laptop is Linux, so it passes."""
     result = _run_site(tmp_path, {}, {"backup_client_schedule": "0 9 * 1 mon"}, True)
     output = result.stdout + result.stderr
     assert "PLAY [Create each laptop's backup key]" in output, output

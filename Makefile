@@ -16,7 +16,7 @@ SCENARIOS ?= default lifecycle mirror security btrfs journey
 .PHONY: help host venv images lint unit bad-input sanity build-check molecule test demo demo-clean bench clean
 
 help:
-	@echo "make demo        containers + the real site.yml + two real backups"
+	@echo "make demo        containers + the real site.yml + three real backups (the third: nothing changed, no snapshot)"
 	@echo "make demo-clean  remove what the demo made"
 	@echo "make test        lint, unit tests, sanity, built tarball, molecule ($(SCENARIOS))"
 	@echo "make bench       timings against bare rsync, in the demo containers"

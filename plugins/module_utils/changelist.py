@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import gzip
 import hashlib
 import json
+import marshal
 import os
 import re
 import select
@@ -38,7 +38,9 @@ from dataclasses import dataclass, field
 
 # Bump when the record or the way it is compared changes: a laptop with an
 # older record then makes one full run.
-FORMAT = 1
+FORMAT = 2
+# marshal's format 4 reads the same on every Python 3 since 3.4.
+MARSHAL_VERSION = 4
 KIND_DIR = "d"
 KIND_OTHER = "f"
 KIND_GONE = "-"
@@ -280,6 +282,20 @@ class Excludes:
             if _UNSUPPORTED_PATTERN.search(pattern):
                 raise Unsupported("the exclude pattern %r needs rsync itself" % pattern)
             self.rules.extend(self._rules_of(pattern))
+        # One regex per kind of rule (on the name or the path, for anything
+        # or directories only): the walk asks at most four per path.
+        self._checks = [
+            (dir_only, whole_path, re.compile("|".join(regexes), re.DOTALL))
+            for (dir_only, whole_path), regexes in self._grouped().items()
+        ]
+
+    def _grouped(self) -> dict[tuple[bool, bool], list[str]]:
+        groups: dict[tuple[bool, bool], list[str]] = {}
+        for rule in self.rules:
+            groups.setdefault((rule.dir_only, rule.whole_path), []).append(
+                "(?:%s)" % rule.regex.pattern
+            )
+        return groups
 
     @staticmethod
     def _rules_of(pattern: str) -> list[_Rule]:
@@ -303,10 +319,8 @@ class Excludes:
         return [_Rule(re.compile("^" + regex + r"\Z", re.DOTALL), dir_only, whole_path)]
 
     def excluded(self, path: str, name: str, is_dir: bool) -> bool:
-        for rule in self.rules:
-            if rule.dir_only and not is_dir:
-                continue
-            if rule.regex.match(path if rule.whole_path else name):
+        for dir_only, whole_path, regex in self._checks:
+            if (is_dir or not dir_only) and regex.match(path if whole_path else name):
                 return True
         return False
 
@@ -331,12 +345,19 @@ def top_level_rule(name: str) -> str:
 # --- the laptop: walk and record -----------------------------------------------
 
 
+# A path's record (record_of): a tuple of ints, compared whole.
+SIZE, MTIME, CTIME, INO, MODE, UID, GID = range(7)
+
+
 @dataclass
 class Walk:
-    """The folder as it is now: path -> record line (see record_of)."""
+    """The folder as it is now: path -> record (see record_of)."""
 
-    entries: dict[str, str] = field(default_factory=dict)
-    kinds: dict[str, str] = field(default_factory=dict)
+    entries: dict[str, tuple] = field(default_factory=dict)
+
+    def kind(self, path: str) -> str:
+        """d, f, l (symlink) or s (special) of a walked path."""
+        return _kind_of(self.entries[path][MODE])
 
 
 def _kind_of(mode: int) -> str:
@@ -349,43 +370,104 @@ def _kind_of(mode: int) -> str:
     return "s"  # fifo, socket, device
 
 
-def record_of(st: os.stat_result, started_ns: int) -> str:
-    """What a path's record holds, as text: equal text means unchanged."""
+def record_of(st: os.stat_result, started_ns: int) -> tuple:
+    """What a path's record holds (SIZE, MTIME, ... GID): equal means unchanged.
+    The mode holds the type of file too."""
+    return _record(st, started_ns, started_ns - max(RACY_NS, RACY_COARSE_NS, RACY_DIR_NS))
+
+
+def _record(st: os.stat_result, started_ns: int, settled_ns: int) -> tuple:
+    """record_of(), told when the widest racy window starts (``settled_ns``)."""
     ctime = st.st_ctime_ns
-    window = RACY_COARSE_NS if ctime % 10**9 == 0 else RACY_NS
-    if stat.S_ISDIR(st.st_mode):
-        window = max(window, RACY_DIR_NS)
-    if max(st.st_mtime_ns, ctime) >= started_ns - window:
-        ctime = -1  # changed too recently to trust: never equal, sent again
-    return "%s %d %d %d %d %o %d %d" % (
-        _kind_of(st.st_mode),
-        st.st_size,
-        st.st_mtime_ns,
-        ctime,
-        st.st_ino,
-        st.st_mode,
-        st.st_uid,
-        st.st_gid,
-    )
+    mtime = st.st_mtime_ns
+    # Most paths changed before every window: one comparison each.
+    if ctime >= settled_ns or mtime >= settled_ns:
+        window = RACY_COARSE_NS if ctime % 10**9 == 0 else RACY_NS
+        if stat.S_ISDIR(st.st_mode):
+            window = max(window, RACY_DIR_NS)
+        if max(mtime, ctime) >= started_ns - window:
+            ctime = -1  # changed too recently to trust: never equal, sent again
+    return (st.st_size, mtime, ctime, st.st_ino, st.st_mode, st.st_uid, st.st_gid)
 
 
-def walk(source: str, excludes: Excludes, follow_links: bool, started_ns: int) -> Walk:
+# A folder this big (by the last record) is walked by two processes: the
+# walk is mostly lstat calls, which the second core can share.
+SPLIT_WALK_ENTRIES = 20_000
+
+
+def walk(
+    source: str,
+    excludes: Excludes,
+    follow_links: bool,
+    started_ns: int,
+    previous: dict[str, tuple] | None = None,
+    on_change=None,
+) -> Walk:
     """Every path of the folder that rsync would send, with its record.
 
     ``follow_links`` mirrors rsync's --copy-links: symlinks are followed (a
     dangling one, or a loop, raises Unsupported: rsync reports those itself).
-    An unreadable directory raises Unsupported too.
+    An unreadable directory raises Unsupported too. With ``previous`` (the
+    last record), ``on_change()`` is called once, at the first path that is
+    new or differs from it (not for removals: those are known at the end).
+    A folder whose last record holds SPLIT_WALK_ENTRIES paths or more is
+    walked half by a forked child (see _walk_split).
     """
-    result = Walk()
+    walker = _Walker(excludes, follow_links, started_ns, previous, on_change)
     try:
         root_st = os.stat(source) if follow_links else os.lstat(source)
     except OSError as exc:
         raise Unsupported("cannot read %s: %s" % (source, exc.strerror)) from None
-    result.entries["."] = record_of(root_st, started_ns)
-    result.kinds["."] = "d"
-    pending = [("", source, {(root_st.st_dev, root_st.st_ino)})]
-    while pending:
-        prefix, directory, ancestors = pending.pop()
+    walker.add(".", root_st)
+    top = ("", source, frozenset({(root_st.st_dev, root_st.st_ino)}))
+    if previous is not None and len(previous) >= SPLIT_WALK_ENTRIES and hasattr(os, "fork"):
+        pending = walker.scan(*top)
+        _walk_split(walker, pending)
+        walker.seen_all()
+    else:
+        walker.run([top])
+    return walker.result
+
+
+class _Walker:
+    """The walk's loop and what it has found so far."""
+
+    def __init__(self, excludes, follow_links, started_ns, previous, on_change):
+        self.result = Walk()
+        self.excludes = excludes if excludes.rules else None
+        self.follow_links = follow_links
+        self.started_ns = started_ns
+        self.settled_ns = started_ns - max(RACY_NS, RACY_COARSE_NS, RACY_DIR_NS)
+        self.watching = previous if on_change is not None else None
+        self.on_change = on_change
+        self.changed = False
+
+    def add(self, path: str, st: os.stat_result) -> None:
+        line = self.result.entries[path] = _record(st, self.started_ns, self.settled_ns)
+        if self.watching is not None and self.watching.get(path) != line:
+            self.seen_change()
+
+    def seen_change(self) -> None:
+        if self.watching is not None:
+            self.watching = None
+            self.changed = True
+            self.on_change()
+
+    def seen_all(self) -> None:
+        """The entries are complete: a change a child found counts now."""
+        watching = self.watching
+        if watching is not None and any(
+            watching.get(path) != line for path, line in self.result.entries.items()
+        ):
+            self.seen_change()
+
+    def run(self, pending: list) -> None:
+        while pending:
+            pending.extend(self.scan(*pending.pop()))
+
+    def scan(self, prefix: str, directory: str, ancestors: frozenset) -> list:
+        """Record one directory's entries; the directories in it, to scan next."""
+        found = []
         try:
             listing = list(os.scandir(directory))
         except OSError as exc:
@@ -393,9 +475,9 @@ def walk(source: str, excludes: Excludes, follow_links: bool, started_ns: int) -
         for item in listing:
             path = prefix + item.name
             try:
-                st = item.stat(follow_symlinks=follow_links)
+                st = item.stat(follow_symlinks=self.follow_links)
             except FileNotFoundError:
-                if follow_links and item.is_symlink():
+                if self.follow_links and item.is_symlink():
                     raise Unsupported("the symlink %s points nowhere" % path) from None
                 continue  # vanished since the listing
             except OSError as exc:
@@ -403,24 +485,66 @@ def walk(source: str, excludes: Excludes, follow_links: bool, started_ns: int) -
                 # reports those itself, in a full run.
                 raise Unsupported("cannot read %s: %s" % (path, exc.strerror)) from None
             is_dir = stat.S_ISDIR(st.st_mode)
-            if excludes.excluded(path, item.name, is_dir):
+            if self.excludes is not None and self.excludes.excluded(path, item.name, is_dir):
                 continue
-            result.entries[path] = record_of(st, started_ns)
-            result.kinds[path] = _kind_of(st.st_mode)
+            self.add(path, st)
             if is_dir:
                 key = (st.st_dev, st.st_ino)
                 if key in ancestors:
                     raise Unsupported("the symlink %s loops" % path)
-                pending.append((path + "/", item.path, ancestors | {key}))
-    return result
+                found.append((path + "/", item.path, ancestors | {key}))
+        return found
 
 
-def changes(previous: dict[str, str], now: Walk) -> list[tuple[str, str]]:
+def _walk_split(walker: _Walker, pending: list) -> None:
+    """Walk the top-level directories ``pending`` in two processes: every
+    other one in a forked child, which sends its entries back (marshal) on a
+    pipe; the rest here. A child that fails makes the walk fail (a full run)."""
+    theirs, ours = pending[1::2], pending[0::2]
+    if not theirs:
+        walker.run(ours)
+        return
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: walk, send, and leave without running any cleanup
+        os.close(read_end)
+        code = 0
+        try:
+            walker.watching = None
+            walker.result = Walk()
+            try:
+                walker.run(theirs)
+                message = marshal.dumps((walker.result.entries, None), MARSHAL_VERSION)
+            except Unsupported as exc:
+                message = marshal.dumps(({}, str(exc)), MARSHAL_VERSION)
+            with os.fdopen(write_end, "wb") as out:
+                out.write(message)
+        except BaseException:  # noqa: BLE001 - the parent sees a short message
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        walker.run(ours)
+    finally:
+        with os.fdopen(read_end, "rb") as pipe:
+            message = pipe.read()
+        _pid, status = os.waitpid(pid, 0)
+    try:
+        entries, failure = marshal.loads(message)
+    except (EOFError, ValueError, TypeError) as exc:
+        raise Unsupported("the walk's second process failed (status %d)" % status) from exc
+    if failure is not None:
+        raise Unsupported(failure)
+    walker.result.entries.update(entries)
+
+
+def changes(previous: dict[str, tuple], now: Walk) -> list[tuple[str, str]]:
     """The change list from the last sent record to the walk: parents first."""
     listed = []
     for path, record in now.entries.items():
         if previous.get(path) != record:
-            listed.append((KIND_DIR if now.kinds[path] == "d" else KIND_OTHER, path))
+            listed.append((KIND_DIR if stat.S_ISDIR(record[MODE]) else KIND_OTHER, path))
     gone = sorted(path for path in previous if path not in now.entries)
     gone_set = set(gone)
     for path in gone:
@@ -446,42 +570,48 @@ class Record:
     snapshot: str
     settings: str
     full_epoch: int
-    entries: dict[str, str]
+    entries: dict[str, tuple]
 
 
 def save_record(path: str, record: Record) -> None:
-    tmp = path + ".tmp"
+    """One JSON header line, then the entries as one marshal blob (Python's own
+    format for plain values: a dict of str -> tuple of ints, read and written
+    in C, several times faster than a line per path). The header holds the
+    blob's SHA-256: a torn or damaged record is no record (a full run)."""
+    body = marshal.dumps(record.entries, MARSHAL_VERSION)
     header = {
         "format": FORMAT,
         "snapshot": record.snapshot,
         "settings": record.settings,
         "full_epoch": record.full_epoch,
         "count": len(record.entries),
+        "sha256": hashlib.sha256(body).hexdigest(),
     }
-    with gzip.open(tmp, "wt", encoding="utf-8", errors="surrogateescape", compresslevel=1) as out:
-        out.write(json.dumps(header, sort_keys=True) + "\n")
-        out.writelines(
-            "%s %s\n" % (line, json.dumps(name, ensure_ascii=False))
-            for name, line in record.entries.items()
-        )
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as out:
+        out.write(json.dumps(header, sort_keys=True).encode("ascii") + b"\n")
+        out.write(body)
     os.replace(tmp, path)
 
 
 def load_record(path: str) -> Record | None:
-    """The saved record, or None when there is none or it cannot be read."""
+    """The saved record, or None when there is none or it cannot be read.
+
+    The record is the laptop user's own file (in their state folder): the
+    checksum guards against a torn or damaged file, not against its owner.
+    """
     try:
-        with gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape") as handle:
-            header = json.loads(handle.readline())
-            if header.get("format") != FORMAT:
-                return None
-            entries = {}
-            for line in handle:
-                fields, _sep, name = line[:-1].partition(' "')
-                # Most names need no unescaping: skip the JSON parser for those.
-                entries[name[:-1] if "\\" not in name else json.loads('"' + name)] = fields
-    except (OSError, EOFError, ValueError, UnicodeDecodeError):
+        with open(path, "rb") as handle:
+            header = json.loads(handle.readline(4096))
+            body = handle.read()
+        if header.get("format") != FORMAT:
+            return None
+        if hashlib.sha256(body).hexdigest() != header.get("sha256"):
+            return None
+        entries = marshal.loads(body)
+    except (OSError, EOFError, ValueError, TypeError, AttributeError):
         return None
-    if len(entries) != header.get("count"):
+    if not isinstance(entries, dict) or len(entries) != header.get("count"):
         return None
     return Record(header["snapshot"], header["settings"], int(header["full_epoch"]), entries)
 

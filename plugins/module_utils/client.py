@@ -50,6 +50,8 @@ SENDMAIL = "/usr/sbin/sendmail"
 # idle seconds, so finalize rides on it; a run killed outright leaves a
 # master that ends by itself.
 MASTER_IDLE = 60
+# How long a run waits for the connection it opened while walking.
+SSH_OPEN_WAIT = 120
 HEALTHCHECK_TIMEOUT = 10
 HEALTHCHECK_ATTEMPTS = 3
 # ssh's own words for "this laptop is away from home": a skip, not a failure.
@@ -76,9 +78,13 @@ usage: linkdest backup [--quiet] [--full] | status [--raw] | list | latest | ver
 
 FULL = "full"
 CHANGES = "changes"
+# Nothing changed since the last snapshot: the server records a check, no snapshot.
+UNCHANGED = "unchanged"
 KIND_DIR = changelist.KIND_DIR
 # The record of what the last snapshot holds, beside the status file.
-RECORD_FILE = "sent.gz"
+RECORD_FILE = "sent.record"
+# The record's name before format 2 (a gzip text file): removed when a new one is written.
+OLD_RECORD_FILE = "sent.gz"
 # Bump when what the client sends for the same folder changes: the record of
 # an older client is then not used (one full run).
 CLIENT_FORMAT = 1
@@ -110,6 +116,8 @@ class Plan:
     list_file: str = ""
     include_file: str = ""
     sent_files: int = 0
+    # UNCHANGED: when the server recorded the check (UTC, ISO 8601).
+    checked: str = ""
     # Seconds per step, for the log: where a run's time went.
     steps: dict[str, float] = field(default_factory=dict)
 
@@ -155,6 +163,8 @@ class Settings:
     bwlimit: int = 0
     # A full run at least this often (0: always, the change list is off).
     full_every_hours: int = 24
+    # A new snapshot even when nothing changed (else the server records a check).
+    snapshot_unchanged: bool = False
 
     @classmethod
     def from_mapping(cls, data: dict, environ: dict | None = None) -> Settings:
@@ -662,6 +672,8 @@ class Linkdest:
         try:
             with self.connection() as master:
                 plan = self.plan(master, full)
+                if plan.kind == UNCHANGED:
+                    return self._unchanged(plan, started)
                 self.say(
                     "sending %d changed paths (change list against %s)"
                     % (len(plan.listed), plan.record.snapshot)
@@ -695,9 +707,38 @@ class Linkdest:
             last_success=started,
             last_success_epoch=int(time.time()),
             last_snapshot=snapshot,
+            last_checked="",
             last_kind=plan.kind,
             last_paths=len(plan.listed) if plan.kind == CHANGES else plan.sent_files,
             last_full_reason="" if plan.kind == CHANGES else plan.reason,
+            failing="0",
+            stale_alerted="0",
+        )
+
+    def _unchanged(self, plan: Plan, started: str) -> None:
+        """Nothing changed since the last snapshot, and the server noted it:
+        a successful backup that needed no new snapshot."""
+        snapshot = plan.record.snapshot
+        self.log("took: " + ", ".join("%s %.2f s" % item for item in plan.steps.items()))
+        self.say(
+            "nothing changed since %s: no new snapshot (checked at %s)" % (snapshot, plan.checked)
+        )
+        self.ping_health("success")
+        values = self.status.read()
+        if values.get("failing") == "1" or values.get("stale_alerted") == "1":
+            self.alert("recovery", "backups work again: nothing changed since %s" % snapshot)
+        self.status.record(
+            last_result="success",
+            last_exit=0,
+            last_error="",
+            last_success=started,
+            last_success_epoch=int(time.time()),
+            last_snapshot=snapshot,
+            last_checked=plan.checked,
+            last_kind=UNCHANGED,
+            last_paths=0,
+            last_bytes_sent=0,
+            last_full_reason="",
             failing="0",
             stale_alerted="0",
         )
@@ -755,12 +796,15 @@ class Linkdest:
         return record, ""
 
     def plan(self, master: str, full: bool) -> Plan:
-        """Walk the folder and decide: a change list, or a full run (and why).
+        """Walk the folder and decide: a change list, a full run (and why), or,
+        when nothing changed, no snapshot at all (a check the server records).
 
-        When a change list looks possible, the server is asked to prepare it
-        before the walk starts: the ssh connection and the server's clone of
-        current take shape while the laptop walks. The list follows when the
-        walk is done; a run that turns out to need everything abandons it.
+        The ssh connection takes shape while the laptop walks. The server's
+        clone of current starts as soon as the walk finds the first change
+        (or before the walk, with snapshot_unchanged: a snapshot comes
+        anyway), so an unchanged folder costs the server no clone. The list
+        follows when the walk is done; a run that turns out to need
+        everything abandons it.
         """
         plan = Plan(kind=FULL)
         with plan.timed("reading the record"):
@@ -770,11 +814,27 @@ class Linkdest:
         except changelist.Unsupported as exc:
             plan.reason = "%s" % exc
             return plan
-        preparing = self._start_changes(master, record.snapshot) if record else None
+        may_skip = record is not None and not self.settings.snapshot_unchanged
+        opening = self._open_master(master) if may_skip else None
+        preparing = None
+        if record is not None and not may_skip:
+            preparing = self._start_changes(master, record.snapshot)
+
+        def first_change() -> None:
+            nonlocal preparing
+            if preparing is None:
+                self._opened(opening)
+                preparing = self._start_changes(master, record.snapshot)
+
         try:
             with plan.timed("walk"):
                 plan.walk = changelist.walk(
-                    self.settings.source, excludes, self.settings.copy_links, time.time_ns()
+                    self.settings.source,
+                    excludes,
+                    self.settings.copy_links,
+                    time.time_ns(),
+                    previous=record.entries if may_skip else None,
+                    on_change=first_change,
                 )
                 if record is not None:
                     plan.listed, plan.reason = self._changes_since(record, plan.walk)
@@ -785,6 +845,16 @@ class Linkdest:
                 plan.reason = "the walk failed"
                 self._finish_changes(preparing, plan)
             raise
+        if may_skip and plan.reason == "" and not plan.listed:
+            with plan.timed("check"):
+                self._opened(opening)
+                if self._record_check(master, record, plan):
+                    return plan
+        if preparing is None and record is not None and plan.reason == "":
+            # Only removals, found at the end of the walk; or a server that
+            # records no checks.
+            preparing = self._start_changes(master, record.snapshot)
+        self._opened(opening)
         with plan.timed("waiting for the server's clone"):
             ready = preparing is not None and self._finish_changes(preparing, plan)
         if ready:
@@ -792,12 +862,91 @@ class Linkdest:
             self._write_rsync_lists(plan)
         return plan
 
+    def _open_master(self, master: str) -> subprocess.Popen:
+        """Start the run's ssh connection in the background (no command: the
+        gate runs nothing); it stays as the master the run's calls share."""
+        return subprocess.Popen(
+            [
+                *self.ssh_command("-o", "ControlMaster=yes", "-o", "ControlPath=" + master),
+                *("-o", "ControlPersist=%d" % MASTER_IDLE, "-N", "-f", self.settings.server),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            # Not a pipe: the master that stays in the background keeps it open.
+            stderr=subprocess.DEVNULL,
+            env=self.environ,
+        )
+
+    @staticmethod
+    def _opened(opening: subprocess.Popen | None) -> None:
+        """Wait until the background connection is up, or failed: a call made
+        before then would open a second connection. A failure is not reported
+        here: the next call meets it and says what it is (away, refused)."""
+        if opening is not None and opening.returncode is None:
+            try:
+                opening.wait(timeout=SSH_OPEN_WAIT)
+            except subprocess.TimeoutExpired:
+                opening.kill()
+                opening.wait()
+
+    def _record_check(self, master: str, record: changelist.Record, plan: Plan) -> bool:
+        """Nothing changed since ``record.snapshot``: ask the server to record a
+        check instead of a snapshot. True when it did (``plan`` says so);
+        False to go on as before: a full run when ``plan.reason`` says why,
+        else a change-list snapshot (a server that records no checks)."""
+        result = subprocess.run(
+            [
+                *self.ssh_command(*self.master_options(master)),
+                self.settings.server,
+                codes.VERB_UNCHANGED,
+                record.snapshot,
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            env=self.environ,
+            check=False,
+        )
+        said = result.stderr.decode("utf-8", "replace")
+        with open(self.settings.log_file, "a", encoding="utf-8") as log:
+            log.write(said)
+        checked = result.stdout.decode("utf-8", "replace").strip()
+        if result.returncode == 0 and checked:
+            plan.kind, plan.record, plan.checked = UNCHANGED, record, checked
+            return True
+        if result.returncode == 255:
+            # ssh's own words, picked as from a transfer's output.
+            ssh_error = transfer_summary(said)[1] or (said.strip().splitlines() or ["exit 255"])[-1]
+            self._ssh_failed(ssh_error.strip())
+        if result.returncode == codes.EXIT_NOT_MOUNTED:
+            raise self.fail(
+                result.returncode, "the server refused the backup: %s" % server_reason(said)
+            )
+        if result.returncode != codes.EXIT_REFUSED:
+            lines = said.strip().splitlines()
+            plan.reason = "the server asked for it (%s)" % (
+                lines[-1] if lines else "exit %d" % result.returncode
+            )
+        return False
+
+    def _ssh_failed(self, ssh_error: str) -> None:
+        """ssh could not reach or log in to the server: away (a skip), or a failure."""
+        # No network, or a network that does not reach the server, is a
+        # laptop away from home; anything else (refused, host key, key) is a
+        # failure.
+        if _AWAY_RE.search(ssh_error):
+            raise self.skip("server unreachable (%s)" % ssh_error.removeprefix("ssh: "))
+        raise self.fail(255, "ssh to the server failed: %s" % ssh_error)
+
     def _changes_since(
         self, record: changelist.Record, walk: changelist.Walk
     ) -> tuple[list[tuple[str, str]], str]:
         """The change list against ``record``, or no list and why a full run."""
         listed = changelist.changes(record.entries, walk)
-        odd = [path for _kind, path in listed if walk.kinds.get(path) in ("l", "s")]
+        odd = [
+            path
+            for kind, path in listed
+            if kind != changelist.KIND_GONE and walk.kind(path) in ("l", "s")
+        ]
         if odd:
             return [], "a symlink or special file changed (%s)" % odd[0]
         if len(listed) > changelist.MAX_ENTRIES:
@@ -893,6 +1042,7 @@ class Linkdest:
         Only after a clean run: with exit 23 or 24 some listed paths may be
         missing from the snapshot, so the next run is a full one.
         """
+        changelist.forget_record(os.path.join(self.settings.state_dir, OLD_RECORD_FILE))
         if code != 0 or plan.walk is None:
             changelist.forget_record(self.record_file)
             return
@@ -939,12 +1089,7 @@ class Linkdest:
         plan.sent_files = files_transferred(text)
         self.status.record(last_bytes_sent=sent, last_duration=int(time.monotonic() - began))
         if code != 0 and ssh_error:
-            # No network, or a network that does not reach the server, is a
-            # laptop away from home; anything else (refused, host key, key)
-            # is a failure.
-            if _AWAY_RE.search(ssh_error):
-                raise self.skip("server unreachable (%s)" % ssh_error.removeprefix("ssh: "))
-            raise self.fail(255, "ssh to the server failed: %s" % ssh_error)
+            self._ssh_failed(ssh_error)
         if code == 24:
             self.say("warning: some files vanished during the transfer (rsync exit 24)")
         elif code == 23:
@@ -998,7 +1143,12 @@ class Linkdest:
             return 1
         values = self.status.read()
         hours = hours_since(values.get("last_success_epoch", ""))
-        if values.get("last_success"):
+        if values.get("last_success") and values.get("last_kind") == UNCHANGED:
+            out.write(
+                "Last backup:   up to date as of %s (snapshot %s), %d hours ago\n"
+                % (values.get("last_checked", ""), values.get("last_snapshot", ""), hours)
+            )
+        elif values.get("last_success"):
             out.write(
                 "Last backup:   %s, %d hours ago (%s)\n"
                 % (values.get("last_snapshot", ""), hours, values["last_success"])
@@ -1017,7 +1167,9 @@ class Linkdest:
             "Last transfer: %s bytes in %s s\n"
             % (values.get("last_bytes_sent", ""), values.get("last_duration", ""))
         )
-        if values.get("last_kind") == CHANGES:
+        if values.get("last_kind") == UNCHANGED:
+            out.write("Last run:      nothing changed, no new snapshot needed\n")
+        elif values.get("last_kind") == CHANGES:
             out.write("Last run:      change list, %s paths sent\n" % values.get("last_paths", ""))
         elif values.get("last_kind") == FULL:
             out.write(
@@ -1050,7 +1202,12 @@ class Linkdest:
         listing = self.server_call(codes.VERB_LIST)
         if listing.returncode != 0:
             raise Finished(listing.returncode)
-        return [line.split()[0] for line in listing.stdout.decode().splitlines() if line.split()]
+        # Other lines (the last check) are not snapshots.
+        return [
+            line.split()[0]
+            for line in listing.stdout.decode().splitlines()
+            if line.startswith(codes.SNAPSHOT_PREFIX)
+        ]
 
     def list_snapshots(self) -> int:
         result = self.server_call(codes.VERB_LIST)
@@ -1213,7 +1370,7 @@ class Linkdest:
             # Only a folder that is the snapshot file for file (no file left
             # out by this laptop's excludes) is a record to build on.
             # (The server keeps symlinks and specials as files: in the manifest.)
-            files = {path for path, kind in walked.kinds.items() if kind != "d"}
+            files = {path for path in walked.entries if walked.kind(path) != "d"}
             if files == paths:
                 self._record_restored(snapshot, walked)
             else:
@@ -1260,11 +1417,10 @@ class Linkdest:
         # snapshot holds: recorded as never equal, the next backup sends it.
         # (ctime comes from the kernel's coarse clock: up to a tick behind.)
         changed_after = restored_ns - CLOCK_TICK_NS
-        for path, line in walked.entries.items():
-            fields = line.split(" ")
-            if int(fields[3]) >= changed_after:
-                fields[3] = "-1"
-                walked.entries[path] = " ".join(fields)
+        ctime = changelist.CTIME
+        for path, entry in walked.entries.items():
+            if entry[ctime] >= changed_after:
+                walked.entries[path] = (*entry[:ctime], -1, *entry[ctime + 1 :])
         return walked
 
     def _record_restored(self, snapshot: str, walked: changelist.Walk) -> None:

@@ -62,6 +62,9 @@ VERB_LOCATE = "locate"  # locate PATH [WHEN]
 VERB_VERSIONS = "versions"  # versions PATH
 VERB_MANIFEST = "manifest"  # manifest [SNAPSHOT]
 VERB_CHANGES = "changes"  # changes BASE, a change list on stdin (changelist.py)
+# unchanged BASE: nothing changed since the finished snapshot BASE (current);
+# the server records the check and makes no snapshot. It prints the time.
+VERB_UNCHANGED = "unchanged"
 # The path a laptop's rsync names as its destination. The server chooses every
 # path itself; this word only says which kind of upload it is.
 UPLOAD_DESTINATION = "snapshot/"

@@ -100,6 +100,14 @@ class ChangesRequest:
 
 
 @dataclass(frozen=True)
+class UnchangedRequest:
+    """Nothing changed since the finished snapshot ``base``: record a check,
+    make no snapshot."""
+
+    base: str
+
+
+@dataclass(frozen=True)
 class FinalizeRequest:
     """Finalize the snapshot just received; ``rsync_exit`` is the laptop's view."""
 
@@ -255,6 +263,10 @@ def parse_request(command: str | None):
         if len(words) != 2 or not codes.is_snapshot_name(words[1]):
             raise GateRefused("usage: changes BASE_SNAPSHOT (a change list on stdin)")
         return ChangesRequest(base=words[1])
+    if verb == codes.VERB_UNCHANGED:
+        if len(words) != 2 or not codes.is_snapshot_name(words[1]):
+            raise GateRefused("usage: unchanged BASE_SNAPSHOT")
+        return UnchangedRequest(base=words[1])
     if verb == codes.VERB_LIST and len(words) == 1:
         return ListRequest()
     if verb == codes.VERB_LOCATE and len(words) in (2, 3):

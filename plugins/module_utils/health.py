@@ -24,6 +24,15 @@ class AreaFacts:
     client: str
     newest: datetime | None
     count: int
+    # The last check that found the laptop unchanged since the newest snapshot.
+    checked: datetime | None = None
+
+    @property
+    def last_seen(self) -> datetime | None:
+        """The last successful backup: a snapshot, or a check that needed none."""
+        if self.newest is None:
+            return None
+        return max(self.newest, self.checked) if self.checked else self.newest
 
 
 @dataclass(frozen=True)
@@ -55,10 +64,14 @@ def area_facts(root: str, client: str) -> AreaFacts:
     area = os.path.join(root, client)
     try:
         finished = snap.list_snapshots(area)
+        checked = snap.last_check(area)
     except snap.LayoutError:
-        finished = []
+        finished, checked = [], None
     return AreaFacts(
-        client=client, newest=finished[-1].time if finished else None, count=len(finished)
+        client=client,
+        newest=finished[-1].time if finished else None,
+        count=len(finished),
+        checked=checked[1] if checked else None,
     )
 
 
@@ -88,10 +101,14 @@ def check(
         if area.newest is None:
             report.findings.append("%s has no finished snapshot" % area.client)
             continue
-        hours = (now - area.newest).total_seconds() / 3600
+        hours = (now - area.last_seen).total_seconds() / 3600
         if hours > stale_after_hours:
             report.findings.append(
                 "%s: newest snapshot is %.1f hours old (more than %g)"
+                % (area.client, hours, stale_after_hours)
+                if area.last_seen == area.newest
+                else "%s: last backup (a check that found nothing new since the newest"
+                " snapshot) is %.1f hours old (more than %g)"
                 % (area.client, hours, stale_after_hours)
             )
     if mirror_expected:
@@ -164,13 +181,24 @@ def metrics_text(
 ) -> str:
     """Prometheus text exposition of the check's facts."""
     lines = [
-        "# HELP linkdest_last_success_timestamp_seconds Time of the newest finished snapshot.",
+        "# HELP linkdest_last_success_timestamp_seconds Time of the last successful backup:"
+        " the newest snapshot, or a later check that found nothing new.",
         "# TYPE linkdest_last_success_timestamp_seconds gauge",
+    ]
+    for area in areas:
+        if area.last_seen is not None:
+            lines.append(
+                'linkdest_last_success_timestamp_seconds{client="%s"} %d'
+                % (_escape(area.client), area.last_seen.timestamp())
+            )
+    lines += [
+        "# HELP linkdest_newest_snapshot_timestamp_seconds Time of the newest finished snapshot.",
+        "# TYPE linkdest_newest_snapshot_timestamp_seconds gauge",
     ]
     for area in areas:
         if area.newest is not None:
             lines.append(
-                'linkdest_last_success_timestamp_seconds{client="%s"} %d'
+                'linkdest_newest_snapshot_timestamp_seconds{client="%s"} %d'
                 % (_escape(area.client), area.newest.timestamp())
             )
     lines += [

@@ -38,7 +38,7 @@ CHANGES_MARKER = ".linkdest-changes"
 JOURNAL = ".linkdest-journal"
 # What the account writes in a btrfs area, whose directory is root's: files
 # root made for it (root_helper.py), written in place.
-ACCOUNT_FILES = (JOURNAL, RECEIVED_MARKER, CHANGES_MARKER)
+ACCOUNT_FILES = (JOURNAL, RECEIVED_MARKER, CHANGES_MARKER, snap.CHECKED_FILE)
 
 # Exit codes the laptop must read the same way: one table, in codes.py.
 EXIT_REFUSED = codes.EXIT_REFUSED
@@ -439,6 +439,38 @@ def _gate_changes(config: Config, client: str, area: str, request, stdin=None) -
         return EXIT_BUSY
 
 
+def _gate_unchanged(config: Config, client: str, area: str, request) -> int:
+    """Nothing changed on the laptop since ``request.base``: no snapshot, a check.
+
+    Only when the base is current and no interrupted run waits (else
+    EXIT_FULL_RUN_NEEDED, as for a change list): the check vouches for
+    current alone. Prints the check's time (UTC) for the laptop's status.
+    """
+    try:
+        with snap.area_lock(area, wait=RECEIVE_LOCK_WAIT):
+            base = snap.current_snapshot(area)
+            why = None
+            if base is None or base.name != request.base:
+                why = "the laptop's last snapshot %s is not current (%s)" % (
+                    request.base,
+                    base.name if base else "none",
+                )
+            elif snap.list_incomplete(area):
+                why = "an interrupted run waits to be resumed"
+            if why:
+                _log(client, "full run needed: %s" % why)
+                sys.stderr.write("linkdest-server: full run needed: %s\n" % why)
+                return EXIT_FULL_RUN_NEEDED
+            now = datetime.now(timezone.utc)
+            snap.record_check(area, base.name, now)
+    except snap.LockBusyError as exc:
+        sys.stderr.write("linkdest-server: busy: %s\n" % exc)
+        return EXIT_BUSY
+    _log(client, "checked: nothing changed since %s, no snapshot" % base.name)
+    sys.stdout.write(now.isoformat(timespec="seconds") + "\n")
+    return 0
+
+
 def _gate_finalize(config: Config, client: str, area: str, request) -> int:
     result = snap.classify_rsync_exit(request.rsync_exit, config.partial_policy)
     with snap.area_lock(area, wait=120):
@@ -570,6 +602,13 @@ def _print_list(area: str, usage: bool = False) -> int:
             nbytes, inodes = added[item.name]
             line += " adds %s in %d inodes" % (retention.format_bytes(nbytes), inodes)
         sys.stdout.write(line + "\n")
+    checked = snap.last_check(area)
+    if checked is not None:
+        # Not a snapshot: readers that want names take lines starting back-.
+        sys.stdout.write(
+            "checked %s: nothing changed since %s\n"
+            % (checked[1].isoformat(timespec="seconds"), checked[0])
+        )
     return 0
 
 
@@ -594,6 +633,8 @@ def cmd_gate(config: Config, client: str) -> int:
         return _gate_receive(config, client, area, request)
     if isinstance(request, gate_lib.ChangesRequest):
         return _gate_changes(config, client, area, request)
+    if isinstance(request, gate_lib.UnchangedRequest):
+        return _gate_unchanged(config, client, area, request)
     if isinstance(request, gate_lib.FinalizeRequest):
         return _gate_finalize(config, client, area, request)
     if isinstance(
@@ -803,7 +844,7 @@ FAKE_SUPER_XATTR = "user.rsync.%stat"
 
 # The area's own files: a root-owned one (say a lock file a root process
 # created) would lock the laptop's account out of its own area.
-AREA_FILES = (snap.LOCK_FILE, JOURNAL, RECEIVED_MARKER)
+AREA_FILES = (snap.LOCK_FILE, JOURNAL, RECEIVED_MARKER, snap.CHECKED_FILE)
 
 
 def _adoptable(name: str, st: os.stat_result, roots_layout: bool) -> bool:

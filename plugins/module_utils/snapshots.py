@@ -31,6 +31,7 @@ import ctypes
 import errno
 import fcntl
 import functools
+import json
 import os
 import re
 import shutil
@@ -420,6 +421,34 @@ def read_area_file(area: str, name: str) -> str:
         return ""
     with open(fd, encoding="utf-8", errors="replace") as handle:
         return handle.read()
+
+
+# The last check that found nothing new since current (VERB_UNCHANGED): a
+# laptop that is unchanged makes no snapshot, and this is its sign of life.
+CHECKED_FILE = ".linkdest-checked"
+
+
+def record_check(area: str, snapshot: str, when: datetime) -> None:
+    """Note that the laptop was checked at ``when`` and unchanged since ``snapshot``."""
+    text = json.dumps({"snapshot": snapshot, "time": when.isoformat(timespec="seconds")})
+    write_area_file(area, CHECKED_FILE, text + "\n")
+
+
+def last_check(area: str) -> tuple[str, datetime] | None:
+    """(snapshot, time) of the last unchanged check, when it vouches for the
+    area's newest finished snapshot; None when there is none, or it names
+    another snapshot (a newer backup, a pruned or renamed one): a check only
+    ever extends what the newest snapshot holds, never an older one."""
+    try:
+        fields = json.loads(read_area_file(area, CHECKED_FILE))
+        snapshot = fields["snapshot"]
+        when = datetime.fromisoformat(fields["time"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    finished = list_snapshots(area)
+    if not finished or finished[-1].name != snapshot or when.tzinfo is None:
+        return None
+    return snapshot, max(when, finished[-1].time)
 
 
 def clear_area_file(area: str, name: str) -> None:

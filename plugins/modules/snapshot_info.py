@@ -147,6 +147,22 @@ current:
   returned: success
   type: str
   sample: back-2026-11-26T11_40_37
+last_check:
+  description:
+    - The last time a run of the laptop found nothing changed since the newest snapshot and
+      made no new one (the server recorded a check instead), with that snapshot's name.
+    - V(null) when there is none, or it does not vouch for the newest snapshot.
+  returned: success
+  type: dict
+  contains:
+    snapshot:
+      description: The newest snapshot, which the check found the laptop unchanged since.
+      type: str
+      sample: back-2026-11-26T11_40_37
+    time:
+      description: When the server recorded the check, in ISO 8601 with a UTC offset.
+      type: str
+      sample: "2026-11-26T14:10:02+00:00"
 drive_mounted:
   description: V(false) when the module failed because O(root) is not mounted.
   returned: failure, when O(root) is not mounted
@@ -165,6 +181,7 @@ from ansible_collections.linkdest.backup.plugins.module_utils.scrub import (
 )
 from ansible_collections.linkdest.backup.plugins.module_utils.snapshots import (
     SnapshotError,
+    last_check,
     list_incomplete,
     list_snapshots,
     read_current,
@@ -189,6 +206,7 @@ def main():
         finished = list_snapshots(area)
         incomplete = list_incomplete(area)
         names = [s.name for s in finished]
+        checked_since = last_check(area)
         added = added_usage(area, names) if module.params["disk_usage"] else {}
         checked = {}
         if module.params["verification"]:
@@ -208,6 +226,11 @@ def main():
         snapshots=snapshots,
         incomplete=[snap.name for snap in incomplete],
         current=current,
+        last_check=(
+            dict(snapshot=checked_since[0], time=checked_since[1].isoformat())
+            if checked_since
+            else None
+        ),
     )
 
 

@@ -14,7 +14,7 @@ import linkdest_testlib as lib
 import pytest
 
 AREA = lib.ROOT + "/%s"
-RECORD = lib.HOME + "/.local/state/linkdest/sent.gz"
+RECORD = lib.HOME + "/.local/state/linkdest/sent.record"
 
 # Per path of one snapshot: type, real mode, the --fake-super record, mtime,
 # content digest. Printed as JSON by the server.
@@ -130,13 +130,17 @@ def test_the_safety_net_full_runs(laptop_a, server):
     assert last_run(laptop_a)["last_full_reason"] == "asked for (--full)"
     # A record made against a snapshot that is no longer current: the server
     # says so and the laptop sends everything.
+    # (Each run that must make a snapshot has something new to send: with
+    # nothing new a run makes none.)
     assert lib.as_user(laptop_a, "cp %s %s.old" % (RECORD, RECORD)).rc == 0
+    lib.write_file(laptop_a, "safety-net.txt", "one\n")
     lib.backup_ok(laptop_a)
     assert lib.as_user(laptop_a, "mv %s.old %s" % (RECORD, RECORD)).rc == 0
     lib.backup_ok(laptop_a)
     run = last_run(laptop_a)
     assert run["last_kind"] == "full"
     assert "not current" in run["last_full_reason"], run
+    lib.write_file(laptop_a, "safety-net.txt", "two\n")
     lib.backup_ok(laptop_a)
     assert last_run(laptop_a)["last_kind"] == "changes"
     # Other excludes: everything again, once.
@@ -159,5 +163,6 @@ def test_the_safety_net_full_runs(laptop_a, server):
     assert "excludes" in run["last_full_reason"]
     lib.backup_ok(laptop_a)
     assert last_run(laptop_a)["last_kind"] == "full"  # back to the role's excludes
+    lib.write_file(laptop_a, "safety-net.txt", "three\n")
     lib.backup_ok(laptop_a)
     assert last_run(laptop_a)["last_kind"] == "changes"

@@ -5,6 +5,7 @@
 import os
 import pathlib
 import subprocess
+import time
 
 import linkdest_testlib as lib
 
@@ -28,15 +29,25 @@ def playbook(name, *extra):
     )
 
 
-def test_backup_now_reports_the_new_snapshots(server):
+def test_backup_now_reports_the_new_snapshots(server, laptop_a, laptop_b):
+    # laptop-b settles (a backup well after its last change, so nothing is
+    # left to send again); laptop-a gets a new file.
+    time.sleep(1.5)
+    settled = lib.backup_ok(laptop_b)
+    lib.write_file(laptop_a, "backup-now.txt", "from the playbook\n")
     before = {client: lib.snapshot_names(server, client) for client in ("laptop-a", "laptop-b")}
     # laptop-k needs its user logged in (keychain); test_keychain.py covers it.
     result = playbook("backup_now", "--limit", "laptop-a,laptop-b")
     assert result.returncode == 0, result.stdout
-    for client in ("laptop-a", "laptop-b"):
-        new = sorted(set(lib.snapshot_names(server, client)) - set(before[client]))
-        assert len(new) == 1, client
-        assert "snapshot %s finished" % new[0] in result.stdout
+    new = sorted(set(lib.snapshot_names(server, "laptop-a")) - set(before["laptop-a"]))
+    assert len(new) == 1
+    assert "snapshot %s finished" % new[0] in result.stdout
+    # Nothing new on laptop-b: no snapshot, reported as such and not as a change.
+    assert lib.snapshot_names(server, "laptop-b") == before["laptop-b"]
+    assert "nothing changed since %s: no new snapshot" % settled in result.stdout
+    recap = {line.split()[0]: line for line in result.stdout.splitlines() if " : ok=" in line}
+    assert "changed=1" in recap["laptop-a"], recap
+    assert "changed=0" in recap["laptop-b"], recap
 
 
 def test_status_prints_one_table_for_the_fleet():

@@ -11,6 +11,7 @@ the article's tree); each one leaves the state the next expects.
 """
 
 import json
+import shlex
 
 import linkdest_testlib as lib
 import pytest
@@ -181,6 +182,99 @@ def test_the_next_backup_links_against_the_articles_current_and_thins(laptop, se
     assert finished(server) == [first, second, fourth, name]
     pruned = {e["pruned"]: e["rule"] for e in journal(server) if "pruned" in e}
     assert pruned == {third: "thinned (daily %s kept by %s)" % (second[5:15], second)}
+
+
+# --- a half hour with nothing new ------------------------------------------------------------
+
+
+def test_a_half_hour_with_nothing_new_makes_no_snapshot_and_still_counts(laptop, server):
+    """Nothing changed since the last snapshot: no snapshot, nothing written
+    in the area but the check's record; status, list, a restore at the time of
+    the check, the server's watchdog and its metrics, and retention all read
+    it right."""
+    before = finished(server)
+    newest = before[-1]
+    state = area_state(server)
+    prune_before = lib.run_ok(server, "%s prune --dry-run %s" % (SERVER_CMD, CLIENT))
+    # A watchdog that calls a laptop stale after 10.8 s: wait until the
+    # newest snapshot is older than that, so only the check can keep it fresh.
+    config = json.loads(server.file("/etc/linkdest/server.json").content_string)
+    config["check"] = dict(
+        config.get("check", {}),
+        stale_after_hours=0.003,
+        alert_command="",
+        alert_email="",
+        metrics_dir="/tmp/quiet-metrics",
+    )
+    lib.run_ok(
+        server,
+        "mkdir -p /tmp/quiet-metrics && printf %%s %s > /tmp/quiet-check.json"
+        % shlex.quote(json.dumps(config)),
+    )
+    check = "%s --config /tmp/quiet-check.json check" % SERVER_CMD
+    snapshot_time = lib.server_py(
+        server,
+        "import json, datetime; print(json.dumps(datetime.datetime.strptime(%r,"
+        " 'back-%%Y-%%m-%%dT%%H_%%M_%%S').replace(tzinfo=datetime.timezone.utc).timestamp()))"
+        % newest,
+    )
+    lib.run_ok(
+        server,
+        "python3 -c 'import time; time.sleep(max(0, %f + 12 - time.time()))'" % snapshot_time,
+    )
+    stale = server.run(check)
+    assert stale.rc == 1, stale.stdout + stale.stderr
+    assert "%s: newest snapshot is" % CLIENT in stale.stdout
+
+    assert lib.backup_ok(laptop) == newest
+    status = lib.read_status(laptop)
+    assert status["last_kind"] == "unchanged", status
+    assert finished(server) == before
+    after = area_state(server)
+    assert after.pop("%s/%s" % (AREA, ".linkdest-checked"), None) is not None
+    state.pop("%s/%s" % (AREA, ".linkdest-checked"), None)
+    assert after == state
+    log = laptop.file(lib.HOME + "/.local/state/linkdest/linkdest.log").content_string
+    assert "nothing changed since %s: no new snapshot" % newest in log
+
+    shown = lib.as_user(laptop, "linkdest status").stdout
+    assert (
+        "Last backup:   up to date as of %s (snapshot %s)" % (status["last_checked"], newest)
+        in shown
+    ), shown
+    listing = lib.as_user(laptop, "linkdest list").stdout
+    assert "checked %s: nothing changed since %s" % (status["last_checked"], newest) in listing
+    assert lib.as_user(laptop, "linkdest latest").stdout.strip() == newest
+
+    fresh = server.run(check)
+    assert fresh.rc == 0, fresh.stdout + fresh.stderr
+    metrics = server.file("/tmp/quiet-metrics/linkdest.prom").content_string
+    checked_epoch = lib.server_py(
+        server,
+        "import json, datetime; print(json.dumps(datetime.datetime.fromisoformat(%r)"
+        ".timestamp()))" % status["last_checked"],
+    )
+    assert (
+        'linkdest_last_success_timestamp_seconds{client="%s"} %d' % (CLIENT, checked_epoch)
+        in metrics
+    )
+    assert (
+        'linkdest_newest_snapshot_timestamp_seconds{client="%s"} %d' % (CLIENT, snapshot_time)
+        in metrics
+    )
+
+    restored = lib.as_user(
+        laptop,
+        "linkdest restore %s/notes/old.txt --at %s --to /tmp/quiet-restore"
+        % (lib.SOURCE, status["last_checked"]),
+    )
+    assert restored.rc == 0, restored.stdout + restored.stderr
+    assert "from %s" % newest in restored.stdout
+    assert lib.run_ok(laptop, "cat /tmp/quiet-restore/old.txt") == "written before linkdest\n"
+    # Retention decides as before: a check is not a snapshot.
+    assert lib.run_ok(server, "%s prune --dry-run %s" % (SERVER_CMD, CLIENT)) == prune_before
+    lib.run_ok(laptop, "rm -rf /tmp/quiet-restore")
+    lib.run_ok(server, "rm -rf /tmp/quiet-check.json /tmp/quiet-metrics")
 
 
 # --- the space guard ----------------------------------------------------------------------

@@ -19,8 +19,11 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shlex
 import subprocess
+import time
 import types
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -232,9 +235,9 @@ def test_recent_changes_are_sent_again(tmp_path):
     fine = st_.st_ctime_ns % 10**9 != 0
     # Stamped a moment before the walk: the ctime is not trusted, the record
     # can never equal the next walk's, so the file is sent again.
-    assert changelist.record_of(st_, st_.st_ctime_ns + 10**6).split()[3] == "-1"
+    assert changelist.record_of(st_, st_.st_ctime_ns + 10**6)[changelist.CTIME] == -1
     later = st_.st_ctime_ns + (10**9 if fine else 3 * 10**9)
-    assert changelist.record_of(st_, later).split()[3] == str(st_.st_ctime_ns)
+    assert changelist.record_of(st_, later)[changelist.CTIME] == st_.st_ctime_ns
     # Whole-second times (FAT, HFS+): two seconds of doubt.
     coarse = types.SimpleNamespace(
         st_mode=st_.st_mode,
@@ -245,17 +248,19 @@ def test_recent_changes_are_sent_again(tmp_path):
         st_mtime_ns=5 * 10**9,
         st_ctime_ns=5 * 10**9,
     )
-    assert changelist.record_of(coarse, 6 * 10**9).split()[3] == "-1"
-    assert changelist.record_of(coarse, 8 * 10**9).split()[3] == str(5 * 10**9)
+    assert changelist.record_of(coarse, 6 * 10**9)[changelist.CTIME] == -1
+    assert changelist.record_of(coarse, 8 * 10**9)[changelist.CTIME] == 5 * 10**9
 
 
 def test_fallbacks_to_a_full_run(rig):
     write(rig, "a", "a")
     assert rig.backup()[1] == "full"  # the first run
+    assert rig.backup()[1] == "unchanged"  # nothing changed: no snapshot
+    write(rig, "b", "b")
     assert rig.backup()[1] == "changes"
     assert rig.backup(full=True)[1] == "full"
     assert rig.backup(excludes=["*.tmp"])[1] == "full"  # the excludes changed
-    assert rig.backup()[1] == "changes"
+    assert rig.backup()[1] == "unchanged"
     # A record made against a snapshot that is not current (here: an older one).
     record_file = os.path.join(rig.settings.state_dir, client.RECORD_FILE)
     record = changelist.load_record(record_file)
@@ -268,6 +273,7 @@ def test_fallbacks_to_a_full_run(rig):
     assert rig.backup(full_every_hours=0)[1] == "full"
     (rig.source / "l").symlink_to("a")
     assert rig.backup(full_every_hours=24)[1] == "full"  # a new symlink
+    write(rig, "a", "a, again")
     assert rig.backup()[1] == "changes"
 
 
@@ -293,6 +299,168 @@ def test_an_unplugged_drive_fails_the_run_without_a_full_run_first(rig, tmp_path
     assert len(rig.finished()) == 1
 
 
+# --- a half hour with nothing new: no snapshot, a check ----------------------------
+
+
+def test_an_unchanged_run_makes_no_snapshot_and_the_server_records_a_check(rig, capsys):
+    write(rig, "a", "a")
+    first, _kind = rig.backup()
+    area_before = sorted(os.listdir(rig.area))
+    record_before = Path(rig.settings.state_dir, client.RECORD_FILE).read_bytes()
+    name, kind = rig.backup()
+    assert (name, kind) == (first, "unchanged")
+    # No clone was started (nothing to abandon) and nothing new in the area
+    # but the record of the check.
+    assert sorted(os.listdir(rig.area)) == sorted([*area_before, snap.CHECKED_FILE])
+    assert rig.finished() == [first]
+    assert Path(rig.settings.state_dir, client.RECORD_FILE).read_bytes() == record_before
+    checked = snap.last_check(str(rig.area))
+    assert checked is not None
+    assert checked[0] == first
+    status = client.StatusFile(rig.settings.status_file).read()
+    assert status["last_result"] == "success"
+    assert status["last_checked"] == checked[1].isoformat(timespec="seconds")
+    log = Path(rig.settings.log_file).read_text()
+    assert "nothing changed since %s: no new snapshot" % first in log
+    command = client.Linkdest(rig.settings, quiet=True)
+    command.ssh_program = rig.fake_ssh
+    capsys.readouterr()
+    command.status_report()
+    shown = capsys.readouterr().out
+    assert "Last backup:   up to date as of %s (snapshot %s)" % (status["last_checked"], first) in (
+        shown
+    )
+    assert "On the server: 1 snapshots" in shown
+    # list shows the check; the names a command takes from it are snapshots only.
+    command.list_snapshots()
+    assert "checked %s: nothing changed since %s" % (status["last_checked"], first) in (
+        capsys.readouterr().out
+    )
+    assert command.snapshots() == [first]
+    # A restore at the time of the check reads the snapshot it vouched for.
+    assert command.locate(".", status["last_checked"]) == first
+    # Something changes: the next run is a change-list snapshot again, and the
+    # check (which named the old snapshot) no longer counts.
+    write(rig, "b", "b")
+    second, kind = rig.backup()
+    assert kind == "changes"
+    assert second != first
+    assert snap.last_check(str(rig.area)) is None
+    assert client.StatusFile(rig.settings.status_file).read()["last_checked"] == ""
+
+
+def test_a_snapshot_every_run_when_asked(rig):
+    write(rig, "a", "a")
+    first, _kind = rig.backup()
+    second, kind = rig.backup(snapshot_unchanged=True)
+    assert kind == "changes"
+    assert second != first
+    assert rig.finished() == [first, second]
+
+
+def test_full_runs_still_make_their_snapshot_when_nothing_changed(rig):
+    write(rig, "a", "a")
+    first, _kind = rig.backup()
+    record_file = os.path.join(rig.settings.state_dir, client.RECORD_FILE)
+    record = changelist.load_record(record_file)
+    record.full_epoch -= 25 * 3600
+    changelist.save_record(record_file, record)
+    name, kind = rig.backup()
+    assert kind == "full"
+    assert name != first
+    assert rig.backup(full=True)[1] == "full"
+    assert len(rig.finished()) == 3
+
+
+def test_only_a_removal_is_a_change(rig):
+    write(rig, "a", "a")
+    write(rig, "b", "b")
+    age_directories(rig.source)
+    first, _kind = rig.backup()
+    os.unlink(rig.source / "b")
+    # The folder's own time is what the walk would see first: keep it, so the
+    # removal is found only when the walk has ended.
+    st = os.lstat(rig.source)
+    os.utime(rig.source, ns=(st.st_atime_ns, st.st_mtime_ns))
+    name, kind = rig.backup()
+    assert kind == "changes"
+    assert name != first
+    assert sorted(os.listdir(rig.area / name)) == ["a"]
+
+
+def test_an_unchanged_laptop_with_an_interrupted_run_waiting_makes_a_full_run(rig):
+    write(rig, "a", "a")
+    rig.backup()
+    os.mkdir(rig.area / "incomplete_back-2099-01-01T00_00_00")
+    name, kind = rig.backup()
+    assert kind == "full"
+    status = client.StatusFile(rig.settings.status_file).read()
+    assert "an interrupted run waits" in status["last_full_reason"]
+    assert snap.list_incomplete(str(rig.area)) == []
+    assert rig.backup()[1] == "unchanged"
+
+
+def test_a_server_that_records_no_checks_gets_a_snapshot(rig, monkeypatch):
+    """An older server's gate refuses the word: the run makes its snapshot as before."""
+    write(rig, "a", "a")
+    first, _kind = rig.backup()
+    monkeypatch.setattr(codes, "VERB_UNCHANGED", "no-such-word")
+    name, kind = rig.backup()
+    assert kind == "changes"
+    assert name != first
+
+
+def test_an_unplugged_drive_fails_an_unchanged_run(rig, tmp_path):
+    write(rig, "a", "a")
+    rig.backup()
+    config = tmp_path / "server.json"
+    config.write_text(
+        config.read_text().replace('"backend"', '"root_must_be_mount": true, "backend"')
+    )
+    command = client.Linkdest(rig.settings, quiet=True)
+    command.ssh_program = rig.fake_ssh
+    assert command.backup() == codes.EXIT_NOT_MOUNTED
+    assert command.status.read()["last_result"] == "failed"
+    assert snap.last_check(str(rig.area)) is None
+
+
+@pytest.mark.parametrize(
+    ("said", "code", "result"),
+    [
+        ("ssh: Could not resolve hostname server: Name or service not known", 69, "skipped"),
+        ("ssh: connect to host server port 22: No route to host", 69, "skipped"),
+        ("Host key verification failed.", 255, "failed"),
+    ],
+    ids=["unresolvable", "no-route", "host-key"],
+)
+def test_an_unchanged_run_away_from_home_is_skipped_and_a_bad_host_key_fails(
+    rig, tmp_path, said, code, result
+):
+    write(rig, "a", "a")
+    rig.backup()
+    unreachable = tmp_path / "unreachable-ssh"
+    unreachable.write_text("#!/bin/sh\necho %s >&2\nexit 255\n" % shlex.quote(said))
+    unreachable.chmod(0o755)
+    command = client.Linkdest(rig.settings, quiet=True)
+    command.ssh_program = str(unreachable)
+    assert command.backup() == code
+    assert command.status.read()["last_result"] == result
+    assert snap.last_check(str(rig.area)) is None
+
+
+def test_a_check_never_vouches_for_an_older_snapshot(tmp_path):
+    area = tmp_path / "area"
+    for name in ("back-2026-01-01T00_00_00", "back-2026-01-02T00_00_00"):
+        (area / name).mkdir(parents=True)
+    when = datetime(2026, 1, 3, tzinfo=timezone.utc)
+    snap.record_check(str(area), "back-2026-01-01T00_00_00", when)
+    assert snap.last_check(str(area)) is None
+    snap.record_check(str(area), "back-2026-01-02T00_00_00", when)
+    assert snap.last_check(str(area)) == ("back-2026-01-02T00_00_00", when)
+    (area / snap.CHECKED_FILE).write_text("{torn")
+    assert snap.last_check(str(area)) is None
+
+
 def test_an_interrupted_run_is_resumed_by_a_full_run(rig):
     write(rig, "a", "a")
     rig.backup()
@@ -307,14 +475,105 @@ def test_an_interrupted_run_is_resumed_by_a_full_run(rig):
 
 
 @settings(
-    max_examples=15,
+    max_examples=12,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(steps=st.lists(st.lists(OPERATIONS, min_size=1, max_size=4), min_size=1, max_size=4))
+@given(steps=st.lists(st.lists(OPERATIONS, min_size=0, max_size=4), min_size=1, max_size=4))
 def test_a_change_list_makes_what_a_full_run_makes(tmp_path_factory, steps):
     with no_racy_window():
         check_steps(Rig(tmp_path_factory.mktemp("prop")), steps)
+
+
+@settings(
+    max_examples=5,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(steps=st.lists(st.lists(OPERATIONS, min_size=0, max_size=4), min_size=1, max_size=3))
+def test_a_change_list_from_a_split_walk_makes_what_a_full_run_makes(
+    tmp_path_factory, monkeypatch, steps
+):
+    """The same property with the walk always split across two processes."""
+    monkeypatch.setattr(changelist, "SPLIT_WALK_ENTRIES", 0)
+    with no_racy_window():
+        check_steps(Rig(tmp_path_factory.mktemp("split")), steps)
+
+
+def _tree(top: Path) -> None:
+    for branch in ("a", "b", "c", "d", "e"):
+        for sub in ("x", "y z"):
+            (top / branch / sub).mkdir(parents=True)
+            (top / branch / sub / "f").write_text(branch + sub)
+    (top / "top.txt").write_text("top")
+
+
+def test_a_split_walk_finds_what_one_process_finds(tmp_path, monkeypatch):
+    _tree(tmp_path)
+    excludes = changelist.Excludes(["*.tmp", "/b/x/"])
+    (tmp_path / "c" / "x" / "skip.tmp").write_text("-")
+    started = time.time_ns()
+    one = changelist.walk(str(tmp_path), excludes, False, started)
+    monkeypatch.setattr(changelist, "SPLIT_WALK_ENTRIES", 0)
+    changed = []
+    split = changelist.walk(
+        str(tmp_path),
+        excludes,
+        False,
+        started,
+        previous={},
+        on_change=lambda: changed.append(1),
+    )
+    assert split.entries == one.entries
+    assert "b/x" not in split.entries
+    assert "c/x/skip.tmp" not in split.entries
+    # No last record: every path is new, and on_change comes once.
+    assert changed == [1]
+
+
+def test_a_split_walk_reports_a_change_only_the_child_saw(tmp_path, monkeypatch):
+    _tree(tmp_path)
+    settled = time.time_ns() + 10 * 10**9
+    monkeypatch.setattr(changelist, "RACY_NS", 0)
+    monkeypatch.setattr(changelist, "RACY_COARSE_NS", 0)
+    monkeypatch.setattr(changelist, "RACY_DIR_NS", 0)
+    before = changelist.walk(str(tmp_path), changelist.Excludes([]), False, settled)
+    monkeypatch.setattr(changelist, "SPLIT_WALK_ENTRIES", 0)
+    changed = []
+    again = changelist.walk(
+        str(tmp_path),
+        changelist.Excludes([]),
+        False,
+        settled,
+        before.entries,
+        lambda: changed.append(1),
+    )
+    assert (again.entries, changed) == (before.entries, [])
+    # The top's listing order decides which half the child walks: change a
+    # file in every branch but one at a time, and each must be seen.
+    for branch in ("a", "b", "c", "d", "e"):
+        os.chmod(tmp_path / branch / "x" / "f", 0o600)
+        changed.clear()
+        walked = changelist.walk(
+            str(tmp_path),
+            changelist.Excludes([]),
+            False,
+            settled,
+            before.entries,
+            lambda: changed.append(1),
+        )
+        assert changed == [1], branch
+        assert walked.entries["%s/x/f" % branch] != before.entries["%s/x/f" % branch]
+        os.chmod(tmp_path / branch / "x" / "f", 0o644)
+
+
+def test_a_split_walk_fails_as_one_process_does(tmp_path, monkeypatch):
+    _tree(tmp_path)
+    for branch in ("a", "b", "c", "d", "e"):
+        os.symlink("..", tmp_path / branch / "x" / "up")
+    monkeypatch.setattr(changelist, "SPLIT_WALK_ENTRIES", 0)
+    with pytest.raises(changelist.Unsupported, match="loops"):
+        changelist.walk(str(tmp_path), changelist.Excludes([]), True, time.time_ns(), {}, None)
 
 
 def test_copy_links_follows_symlinks_and_sees_their_targets_change(rig, tmp_path):
@@ -371,8 +630,8 @@ def test_a_top_level_change_keeps_the_folders_own_time(rig):
 def test_a_directory_changed_within_the_second_is_listed_again(tmp_path):
     (tmp_path / "d").mkdir()
     st_ = os.stat(tmp_path / "d")
-    assert changelist.record_of(st_, st_.st_ctime_ns + 5 * 10**8).split()[3] == "-1"
-    assert changelist.record_of(st_, st_.st_ctime_ns + 2 * 10**9).split()[3] != "-1"
+    assert changelist.record_of(st_, st_.st_ctime_ns + 5 * 10**8)[changelist.CTIME] == -1
+    assert changelist.record_of(st_, st_.st_ctime_ns + 2 * 10**9)[changelist.CTIME] != -1
 
 
 def test_a_path_the_walk_cannot_read_means_a_full_run_not_a_crash(rig):
@@ -394,7 +653,7 @@ def test_an_unexpected_error_fails_loudly(rig, monkeypatch):
     alerts = rig.source.parent / "alerts"
     rig.settings.alert_command = 'echo "$1|$2" >> %s' % alerts
 
-    def broken(*_args):
+    def broken(*_args, **_kwargs):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(changelist, "walk", broken)

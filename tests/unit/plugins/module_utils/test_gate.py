@@ -136,6 +136,21 @@ def test_list_request():
     assert gate.parse_request("list") == gate.ListRequest()
 
 
+def test_unchanged_request_names_a_finished_snapshot():
+    assert gate.parse_request("unchanged back-2026-01-02T03_04_05") == gate.UnchangedRequest(
+        base="back-2026-01-02T03_04_05"
+    )
+    for command in (
+        "unchanged",
+        "unchanged current",
+        "unchanged ../back-2026-01-02T03_04_05",
+        "unchanged incomplete_back-2026-01-02T03_04_05",
+        "unchanged back-2026-01-02T03_04_05 extra",
+    ):
+        with pytest.raises(gate.GateRefused, match="usage: unchanged"):
+            gate.parse_request(command)
+
+
 @pytest.mark.parametrize(
     "command",
     [

@@ -37,6 +37,24 @@ def _check(areas, drive=ROOMY, mirror=NOW, expected=True):
             ["a: newest snapshot is 30.0 hours old (more than 24)"],
         ),
         ([health.AreaFacts("b", None, 0)], ROOMY, NOW, True, ["b has no finished snapshot"]),
+        # A check that found nothing new is a sign of life: not stale.
+        (
+            [health.AreaFacts("a", NOW - timedelta(hours=30), 5, NOW - timedelta(hours=1))],
+            ROOMY,
+            NOW,
+            True,
+            [],
+        ),
+        (
+            [health.AreaFacts("a", NOW - timedelta(hours=40), 5, NOW - timedelta(hours=25))],
+            ROOMY,
+            NOW,
+            True,
+            [
+                "a: last backup (a check that found nothing new since the newest snapshot)"
+                " is 25.0 hours old (more than 24)"
+            ],
+        ),
         ([], ROOMY, None, True, ["the drive mirror has never succeeded"]),
         ([], ROOMY, None, False, []),
         (
@@ -71,6 +89,8 @@ def _check(areas, drive=ROOMY, mirror=NOW, expected=True):
         "fresh",
         "stale-laptop",
         "never-backed-up",
+        "checked-recently",
+        "check-stale-too",
         "mirror-never",
         "no-mirror",
         "mirror-stale",
@@ -107,3 +127,26 @@ def test_write_atomically_leaves_no_temporary_file(tmp_path):
     health.write_atomically(str(path), "x 1\n")
     assert path.read_text() == "x 1\n"
     assert [p.name for p in tmp_path.iterdir()] == ["linkdest.prom"]
+
+
+def test_the_metrics_count_a_check_as_the_last_success():
+    snapshot_time = NOW - timedelta(hours=30)
+    checked = NOW - timedelta(hours=1)
+    text = health.metrics_text(
+        [health.AreaFacts("a", snapshot_time, 5, checked)], ROOMY, mirror_last_success=None
+    )
+    assert 'linkdest_last_success_timestamp_seconds{client="a"} %d' % checked.timestamp() in text
+    assert (
+        'linkdest_newest_snapshot_timestamp_seconds{client="a"} %d' % snapshot_time.timestamp()
+        in text
+    )
+
+
+def test_area_facts_read_the_check(tmp_path):
+    from ansible_collections.linkdest.backup.plugins.module_utils import snapshots as snap
+
+    (tmp_path / "a" / "back-2026-11-25T00_00_00").mkdir(parents=True)
+    assert health.area_facts(str(tmp_path), "a").checked is None
+    snap.record_check(str(tmp_path / "a"), "back-2026-11-25T00_00_00", NOW)
+    facts = health.area_facts(str(tmp_path), "a")
+    assert (facts.checked, facts.last_seen, facts.count) == (NOW, NOW, 1)

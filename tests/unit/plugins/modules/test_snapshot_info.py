@@ -81,15 +81,37 @@ def test_info_reports_and_never_changes(run_module, area, current, expected, che
         ],
         "incomplete": ["incomplete_back-" + T3],
         "current": expected,
+        "last_check": None,
     }
     assert tree(area.parent) == before
+
+
+def test_info_reports_the_check_that_vouches_for_the_newest_snapshot(run_module, area):
+    from datetime import datetime, timezone
+
+    from ansible_collections.linkdest.backup.plugins.module_utils import snapshots as snap
+
+    when = datetime(2026, 11, 26, 14, 0, tzinfo=timezone.utc)
+    snap.record_check(str(area), "back-" + T2, when)
+    failed, result = run_module(snapshot_info, args_for(area))
+    assert not failed, result
+    assert result["last_check"] == {"snapshot": "back-" + T2, "time": when.isoformat()}
+    # A check of an older snapshot vouches for nothing.
+    snap.record_check(str(area), "back-" + T1, when)
+    assert run_module(snapshot_info, args_for(area))[1]["last_check"] is None
 
 
 def test_info_on_an_empty_area(run_module, tmp_path):
     (tmp_path / "laptop").mkdir()
     failed, result = run_module(snapshot_info, {"root": str(tmp_path), "client": "laptop"})
     assert not failed
-    assert result == {"changed": False, "snapshots": [], "incomplete": [], "current": None}
+    assert result == {
+        "changed": False,
+        "snapshots": [],
+        "incomplete": [],
+        "current": None,
+        "last_check": None,
+    }
     assert os.listdir(tmp_path / "laptop") == []
 
 

@@ -322,13 +322,18 @@ for ((round = 1; round <= REPEAT; round++)); do
   sleep 1 # a file changed just before a walk is sent again by the next run
   pair first snap1
   pair unchanged snap2 snap1
+  # Nothing changed: linkdest makes no snapshot (the server records a check).
   mapfile -t snaps < <(newest_linkdest)
-  if [[ ${#snaps[@]} -ne 2 ]]; then
-    echo "bench: expected two linkdest snapshots in $AREA, found ${#snaps[@]}" >&2
+  if [[ ${#snaps[@]} -ne 1 ]]; then
+    echo "bench: an unchanged run made a snapshot in $AREA (found ${#snaps[@]})" >&2
+    exit 1
+  fi
+  if [[ $(docker exec "$LAPTOP" grep '^last_kind=' "$STATUS_FILE") != last_kind=unchanged ]]; then
+    echo "bench: the unchanged run was not a check (see the laptop's linkdest.log)" >&2
     exit 1
   fi
   bare_disk=$(disk "$BENCH_DIR" snap1 snap2)
-  ld_disk=$(disk "$AREA" "${snaps[0]}" "${snaps[1]}")
+  ld_disk="0 0"
   samples[disk/bare]+="${bare_disk/ //} "
   samples[disk/linkdest]+="${ld_disk/ //} "
   # The safety net: linkdest --full (rsync walks everything on both ends, as
@@ -336,6 +341,7 @@ for ((round = 1; round <= REPEAT; round++)); do
   LINKDEST_ARGS=(--full)
   pair full snap2f snap2
   LINKDEST_ARGS=()
+  mapfile -t snaps < <(newest_linkdest)
   for snapshot in "$BENCH_DIR/snap2" "$AREA/${snaps[1]}"; do
     found=$(count_files "$snapshot")
     if [[ $found -ne $data_files ]]; then
@@ -366,7 +372,7 @@ ssh_median=$(median <<<"$ssh_samples")
 
 declare -A labels=(
   [first]="first snapshot (empty server side)"
-  [unchanged]="unchanged snapshot (change list)"
+  [unchanged]="unchanged (linkdest: no snapshot)"
   [full]="unchanged, linkdest --full"
   [changed]="after 1% change (change list)"
 )
@@ -402,7 +408,8 @@ report() {
   done
   printf '\n1%% change: %s files rewritten (every 100th), %s bytes, new mtimes\n' "$change_files" "$change_bytes"
   local bare_disk=${samples[disk/bare]%% *} ld_disk=${samples[disk/linkdest]%% *}
-  printf 'disk added by an unchanged snapshot (du -s of old and new together; an inode counts once, in old):\n'
+  printf 'disk added by an unchanged half hour (du -s of old and new together; an inode counts once, in old;\n'
+  printf 'linkdest made no snapshot, so it added none):\n'
   printf '  bare rsync %8.1f KiB apparent (du --bytes), %8.1f KiB allocated (du --block-size=1)\n' \
     "$(awk -v b="${bare_disk%/*}" 'BEGIN { print b / 1024 }')" "$(awk -v b="${bare_disk#*/}" 'BEGIN { print b / 1024 }')"
   printf '  linkdest   %8.1f KiB apparent (du --bytes), %8.1f KiB allocated (du --block-size=1)\n' \

@@ -32,6 +32,7 @@ import os
 import re
 import select
 import shutil
+import signal
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -499,33 +500,34 @@ class _Walker:
 def _walk_split(walker: _Walker, pending: list) -> None:
     """Walk the top-level directories ``pending`` in two processes: every
     other one in a forked child, which sends its entries back (marshal) on a
-    pipe; the rest here. A child that fails makes the walk fail (a full run)."""
+    pipe; the rest here. A child that fails makes the walk fail (a full run);
+    a child that cannot be started leaves the whole walk to this process."""
     theirs, ours = pending[1::2], pending[0::2]
     if not theirs:
         walker.run(ours)
         return
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: walk, send, and leave without running any cleanup
+    try:
+        read_end, write_end = os.pipe()
+    except OSError:
+        walker.run(pending)
+        return
+    try:
+        pid = os.fork()
+    except OSError:
         os.close(read_end)
-        code = 0
-        try:
-            walker.watching = None
-            walker.result = Walk()
-            try:
-                walker.run(theirs)
-                message = marshal.dumps((walker.result.entries, None), MARSHAL_VERSION)
-            except Unsupported as exc:
-                message = marshal.dumps(({}, str(exc)), MARSHAL_VERSION)
-            with os.fdopen(write_end, "wb") as out:
-                out.write(message)
-        except BaseException:  # noqa: BLE001 - the parent sees a short message
-            code = 1
-        finally:
-            os._exit(code)
+        os.close(write_end)
+        walker.run(pending)
+        return
+    if pid == 0:  # the child: walk, send, and leave without running any cleanup
+        _walk_child(walker, theirs, read_end, write_end)
     os.close(write_end)
     try:
         walker.run(ours)
+    except BaseException:
+        # This half failed: the other half's work is of no use.
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        raise
     finally:
         with os.fdopen(read_end, "rb") as pipe:
             message = pipe.read()
@@ -537,6 +539,25 @@ def _walk_split(walker: _Walker, pending: list) -> None:
     if failure is not None:
         raise Unsupported(failure)
     walker.result.entries.update(entries)
+
+
+def _walk_child(walker: _Walker, theirs: list, read_end: int, write_end: int) -> None:
+    """The forked child's whole life: it never returns into the caller."""
+    code = 1
+    try:
+        os.close(read_end)
+        walker.watching = None
+        walker.result = Walk()
+        try:
+            walker.run(theirs)
+            message = marshal.dumps((walker.result.entries, None), MARSHAL_VERSION)
+        except Unsupported as exc:
+            message = marshal.dumps(({}, str(exc)), MARSHAL_VERSION)
+        with os.fdopen(write_end, "wb") as out:
+            out.write(message)
+        code = 0
+    finally:
+        os._exit(code)
 
 
 def changes(previous: dict[str, tuple], now: Walk) -> list[tuple[str, str]]:

@@ -738,6 +738,7 @@ class Linkdest:
             last_kind=UNCHANGED,
             last_paths=0,
             last_bytes_sent=0,
+            last_duration=int(sum(plan.steps.values())),
             last_full_reason="",
             failing="0",
             stale_alerted="0",
@@ -864,30 +865,44 @@ class Linkdest:
 
     def _open_master(self, master: str) -> subprocess.Popen:
         """Start the run's ssh connection in the background (no command: the
-        gate runs nothing); it stays as the master the run's calls share."""
-        return subprocess.Popen(
-            [
-                *self.ssh_command("-o", "ControlMaster=yes", "-o", "ControlPath=" + master),
-                *("-o", "ControlPersist=%d" % MASTER_IDLE, "-N", "-f", self.settings.server),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            # Not a pipe: the master that stays in the background keeps it open.
-            stderr=subprocess.DEVNULL,
-            env=self.environ,
-        )
+        gate runs nothing); it stays as the master the run's calls share.
+        (Without a session its idle time starts at once: after a walk longer
+        than MASTER_IDLE the next call opens a new one.)"""
+        # ssh's words go to a file, not a pipe: the master that stays in the
+        # background would keep a pipe open.
+        error_file = master + ".err"
+        with open(error_file, "wb") as said:
+            opening = subprocess.Popen(
+                [
+                    *self.ssh_command("-o", "ControlMaster=yes", "-o", "ControlPath=" + master),
+                    *("-o", "ControlPersist=%d" % MASTER_IDLE, "-N", "-f", self.settings.server),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=said,
+                env=self.environ,
+            )
+        opening.error_file = error_file
+        return opening
 
-    @staticmethod
-    def _opened(opening: subprocess.Popen | None) -> None:
+    def _opened(self, opening: subprocess.Popen | None) -> None:
         """Wait until the background connection is up, or failed: a call made
-        before then would open a second connection. A failure is not reported
-        here: the next call meets it and says what it is (away, refused)."""
-        if opening is not None and opening.returncode is None:
-            try:
-                opening.wait(timeout=SSH_OPEN_WAIT)
-            except subprocess.TimeoutExpired:
-                opening.kill()
-                opening.wait()
+        before then would open a second connection. When ssh says why it
+        failed (away from home, a host key, a key), the run ends here as a
+        skip or a failure; anything else, the next call meets and reports."""
+        if opening is None or opening.returncode is not None:
+            return
+        try:
+            opening.wait(timeout=SSH_OPEN_WAIT)
+        except subprocess.TimeoutExpired:
+            opening.kill()
+            opening.wait()
+            return
+        if opening.returncode == 255:
+            with open(opening.error_file, "rb") as said:
+                ssh_error = transfer_summary(said.read().decode("utf-8", "replace"))[1]
+            if ssh_error:
+                self._ssh_failed(ssh_error.strip())
 
     def _record_check(self, master: str, record: changelist.Record, plan: Plan) -> bool:
         """Nothing changed since ``record.snapshot``: ask the server to record a
@@ -917,6 +932,9 @@ class Linkdest:
             # ssh's own words, picked as from a transfer's output.
             ssh_error = transfer_summary(said)[1] or (said.strip().splitlines() or ["exit 255"])[-1]
             self._ssh_failed(ssh_error.strip())
+        if result.returncode == codes.EXIT_BUSY:
+            # A prune or the mirror holds the area: a full run would wait the same.
+            raise self.skip("the server is busy (%s)" % server_reason(said))
         if result.returncode == codes.EXIT_NOT_MOUNTED:
             raise self.fail(
                 result.returncode, "the server refused the backup: %s" % server_reason(said)

@@ -446,6 +446,12 @@ def _gate_unchanged(config: Config, client: str, area: str, request) -> int:
     EXIT_FULL_RUN_NEEDED, as for a change list): the check vouches for
     current alone. Prints the check's time (UTC) for the laptop's status.
     """
+    if config.backend_of(client) == "btrfs" and not subvolumes.is_btrfs(config.root):
+        # What every upload would be told (_receive_refusal): not a check's to hide.
+        message = "refused: backend btrfs, but backup drive %s is not btrfs" % config.root
+        _log(client, message, syslog.LOG_ERR)
+        sys.stderr.write("linkdest-server: %s\n" % message)
+        return EXIT_NOT_MOUNTED
     try:
         with snap.area_lock(area, wait=RECEIVE_LOCK_WAIT):
             base = snap.current_snapshot(area)
@@ -466,6 +472,13 @@ def _gate_unchanged(config: Config, client: str, area: str, request) -> int:
     except snap.LockBusyError as exc:
         sys.stderr.write("linkdest-server: busy: %s\n" % exc)
         return EXIT_BUSY
+    except OSError as exc:
+        # No record of the check (the file root makes for it is missing, say):
+        # the laptop makes a snapshot instead, as before checks existed.
+        message = "full run needed: could not record the check: %s" % exc
+        _log(client, message, syslog.LOG_WARNING)
+        sys.stderr.write("linkdest-server: %s\n" % message)
+        return EXIT_FULL_RUN_NEEDED
     _log(client, "checked: nothing changed since %s, no snapshot" % base.name)
     sys.stdout.write(now.isoformat(timespec="seconds") + "\n")
     return 0

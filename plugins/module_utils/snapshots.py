@@ -434,19 +434,44 @@ def record_check(area: str, snapshot: str, when: datetime) -> None:
     write_area_file(area, CHECKED_FILE, text + "\n")
 
 
-def last_check(area: str) -> tuple[str, datetime] | None:
+# A check recorded later than now by more than this is not believed.
+CHECK_CLOCK_SLACK = timedelta(minutes=5)
+
+
+def last_check(area: str, now: datetime | None = None) -> tuple[str, datetime] | None:
     """(snapshot, time) of the last unchanged check, when it vouches for the
     area's newest finished snapshot; None when there is none, or it names
     another snapshot (a newer backup, a pruned or renamed one): a check only
-    ever extends what the newest snapshot holds, never an older one."""
+    ever extends what the newest snapshot holds, never an older one.
+
+    Root reads this file (the daily check, list, snapshot_info), and the
+    laptop's account writes what is in it: a non-file is not opened in a way
+    that could block, at most 4 KiB are read, and a time in the future is not
+    believed (a check cannot keep the watchdog quiet past the real time).
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        fields = json.loads(read_area_file(area, CHECKED_FILE))
+        fd = os.open(os.path.join(area, CHECKED_FILE), flags)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        text = os.read(fd, 4096).decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    finally:
+        os.close(fd)
+    try:
+        fields = json.loads(text)
         snapshot = fields["snapshot"]
         when = datetime.fromisoformat(fields["time"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
+        return None
+    if when.tzinfo is None or when > (now or datetime.now(timezone.utc)) + CHECK_CLOCK_SLACK:
         return None
     finished = list_snapshots(area)
-    if not finished or finished[-1].name != snapshot or when.tzinfo is None:
+    if not finished or finished[-1].name != snapshot:
         return None
     return snapshot, max(when, finished[-1].time)
 

@@ -373,15 +373,15 @@ def test_full_runs_still_make_their_snapshot_when_nothing_changed(rig):
 
 
 def test_only_a_removal_is_a_change(rig):
+    """A path the record holds and the folder does not is found only when the
+    walk has ended (no path the walk meets differs): still a snapshot."""
     write(rig, "a", "a")
-    write(rig, "b", "b")
     age_directories(rig.source)
     first, _kind = rig.backup()
-    os.unlink(rig.source / "b")
-    # The folder's own time is what the walk would see first: keep it, so the
-    # removal is found only when the walk has ended.
-    st = os.lstat(rig.source)
-    os.utime(rig.source, ns=(st.st_atime_ns, st.st_mtime_ns))
+    record_file = os.path.join(rig.settings.state_dir, client.RECORD_FILE)
+    record = changelist.load_record(record_file)
+    record.entries["gone"] = record.entries["a"]
+    changelist.save_record(record_file, record)
     name, kind = rig.backup()
     assert kind == "changes"
     assert name != first
@@ -458,6 +458,16 @@ def test_a_check_never_vouches_for_an_older_snapshot(tmp_path):
     snap.record_check(str(area), "back-2026-01-02T00_00_00", when)
     assert snap.last_check(str(area)) == ("back-2026-01-02T00_00_00", when)
     (area / snap.CHECKED_FILE).write_text("{torn")
+    assert snap.last_check(str(area)) is None
+    # What the laptop's account writes is not believed beyond the real time,
+    # and root never waits on a planted FIFO (the daily check reads this).
+    snap.record_check(
+        str(area), "back-2026-01-02T00_00_00", datetime(2099, 1, 1, tzinfo=timezone.utc)
+    )
+    assert snap.last_check(str(area)) is None
+    assert snap.last_check(str(area), now=datetime(2099, 1, 1, tzinfo=timezone.utc)) is not None
+    (area / snap.CHECKED_FILE).unlink()
+    os.mkfifo(area / snap.CHECKED_FILE)
     assert snap.last_check(str(area)) is None
 
 
@@ -567,13 +577,42 @@ def test_a_split_walk_reports_a_change_only_the_child_saw(tmp_path, monkeypatch)
         os.chmod(tmp_path / branch / "x" / "f", 0o644)
 
 
-def test_a_split_walk_fails_as_one_process_does(tmp_path, monkeypatch):
+@pytest.mark.parametrize("branch", ["a", "b", "c", "d", "e"])
+def test_a_split_walk_fails_as_one_process_does(tmp_path, monkeypatch, branch):
+    """A loop in one top-level folder at a time: whichever process walks it,
+    the walk fails with its reason."""
     _tree(tmp_path)
-    for branch in ("a", "b", "c", "d", "e"):
-        os.symlink("..", tmp_path / branch / "x" / "up")
+    os.symlink("..", tmp_path / branch / "x" / "up")
     monkeypatch.setattr(changelist, "SPLIT_WALK_ENTRIES", 0)
-    with pytest.raises(changelist.Unsupported, match="loops"):
+    with pytest.raises(changelist.Unsupported, match="the symlink %s/x/up loops" % branch):
         changelist.walk(str(tmp_path), changelist.Excludes([]), True, time.time_ns(), {}, None)
+
+
+def test_a_split_walk_whose_child_dies_fails(tmp_path, monkeypatch):
+    _tree(tmp_path)
+    monkeypatch.setattr(changelist, "SPLIT_WALK_ENTRIES", 0)
+
+    def dies(*_args):
+        os._exit(3)
+
+    monkeypatch.setattr(changelist, "_walk_child", dies)
+    with pytest.raises(changelist.Unsupported, match="second process failed"):
+        changelist.walk(str(tmp_path), changelist.Excludes([]), False, time.time_ns(), {}, None)
+
+
+def test_a_split_walk_that_cannot_fork_walks_alone(tmp_path, monkeypatch):
+    _tree(tmp_path)
+    alone = changelist.walk(str(tmp_path), changelist.Excludes([]), False, time.time_ns())
+    monkeypatch.setattr(changelist, "SPLIT_WALK_ENTRIES", 0)
+
+    def no_fork():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(changelist.os, "fork", no_fork)
+    walked = changelist.walk(
+        str(tmp_path), changelist.Excludes([]), False, time.time_ns(), {}, None
+    )
+    assert walked.entries.keys() == alone.entries.keys()
 
 
 def test_copy_links_follows_symlinks_and_sees_their_targets_change(rig, tmp_path):

@@ -78,6 +78,7 @@ bench: venv images
 	bench/prune_bench.sh
 	bench/backends.sh
 	BENCH_FILES=100000 bench/backends.sh
+	$(BIN)/python bench/record_bench.py
 	$(BIN)/python bench/scrub_bench.py
 
 clean: demo-clean

@@ -375,6 +375,20 @@ def _copy_top_attributes(source: str, dest: str) -> None:
     os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+def _base_is_current(client: str, area: str, base, what: str, named: str) -> bool:
+    """Whether a run may build on ``named``: it is current and no interrupted
+    run waits (one must be resumed by a full run). Else says why, logs it."""
+    why = None
+    if base is None or base.name != named:
+        why = "%s %s is not current (%s)" % (what, named, base.name if base else "none")
+    elif snap.list_incomplete(area):
+        why = "an interrupted run waits to be resumed"
+    if why:
+        _log(client, "full run needed: %s" % why)
+        sys.stderr.write("linkdest-server: full run needed: %s\n" % why)
+    return why is None
+
+
 def _gate_changes(config: Config, client: str, area: str, request, stdin=None) -> int:
     """Prepare the next snapshot from current and the laptop's change list.
 
@@ -396,17 +410,7 @@ def _gate_changes(config: Config, client: str, area: str, request, stdin=None) -
             snap.finish_deletions(area)
             _take_changes_marker(area)
             base = snap.current_snapshot(area)
-            why = None
-            if base is None or base.name != request.base:
-                why = "the change list's base %s is not current (%s)" % (
-                    request.base,
-                    base.name if base else "none",
-                )
-            elif snap.list_incomplete(area):
-                why = "an interrupted run waits to be resumed"
-            if why:
-                _log(client, "full run needed: %s" % why)
-                sys.stderr.write("linkdest-server: full run needed: %s\n" % why)
+            if not _base_is_current(client, area, base, "the change list's base", request.base):
                 return EXIT_FULL_RUN_NEEDED
             try:
                 name = _clone_current(config, area, base.name, backend)
@@ -455,17 +459,7 @@ def _gate_unchanged(config: Config, client: str, area: str, request) -> int:
     try:
         with snap.area_lock(area, wait=RECEIVE_LOCK_WAIT):
             base = snap.current_snapshot(area)
-            why = None
-            if base is None or base.name != request.base:
-                why = "the laptop's last snapshot %s is not current (%s)" % (
-                    request.base,
-                    base.name if base else "none",
-                )
-            elif snap.list_incomplete(area):
-                why = "an interrupted run waits to be resumed"
-            if why:
-                _log(client, "full run needed: %s" % why)
-                sys.stderr.write("linkdest-server: full run needed: %s\n" % why)
+            if not _base_is_current(client, area, base, "the laptop's last snapshot", request.base):
                 return EXIT_FULL_RUN_NEEDED
             now = datetime.now(timezone.utc)
             snap.record_check(area, base.name, now)

@@ -581,7 +581,11 @@ def test_a_laptop_may_keep_hard_links_on_the_same_drive(server):
 
     lib.write_file(other, "same.txt", "unchanged\n")
     first = lib.backup_ok(other)
+    # Something new, so that the second run makes a snapshot (with nothing
+    # new it records a check); same.txt is the file that stays the same.
+    lib.write_file(other, "new.txt", "new\n")
     second = lib.backup_ok(other)
+    assert second != first
 
     area = "%s/hardlink-laptop" % lib.ROOT
     stats = lib.server_py(

@@ -165,6 +165,11 @@ class Settings:
     full_every_hours: int = 24
     # A new snapshot even when nothing changed (else the server records a check).
     snapshot_unchanged: bool = False
+    # Where the server answers, tried in order ("host" or "host:port"): home
+    # first, the dynamic-DNS name second. Empty: the ssh configuration's HostName.
+    server_addresses: list[str] = field(default_factory=list)
+    # Seconds each address but the last may take to connect.
+    connect_timeout: int = 5
 
     @classmethod
     def from_mapping(cls, data: dict, environ: dict | None = None) -> Settings:
@@ -280,6 +285,43 @@ def transfer_summary(output: str) -> tuple[int, str]:
         end = output.find("\n", ssh_error.start())
         line = output[start : end if end >= 0 else len(output)]
     return (int(re.sub(r"[,.]", "", sent.group(1))) if sent else 0), line
+
+
+def split_address(address: str) -> tuple[str, str]:
+    """ "host", "host:port", "[v6]:port" or a bare IPv6 address: (host, port
+    or "")."""
+    if address.startswith("["):
+        host, _bracket, rest = address[1:].partition("]")
+        return host, rest.removeprefix(":")
+    if address.count(":") == 1:
+        host, _colon, port = address.partition(":")
+        return host, port
+    return address, ""
+
+
+# A DNS name or IPv4 address, or an IPv6 address.
+_HOST_RE = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.?)+$|^[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*$"
+)
+
+
+def checked_addresses(value) -> list[str]:
+    """The server's addresses as the backup_client role takes them: one
+    string or a list, each "host", "host:port" or "[IPv6]:port". ValueError
+    saying what is wrong."""
+    if isinstance(value, str):
+        value = [value] if value.strip() else []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError("must be an address or a list of addresses, not %r" % (value,))
+    for address in value:
+        host, port = split_address(address)
+        if not _HOST_RE.match(host) or ("[" in address and ":" not in host):
+            raise ValueError("%r is not a host name or IP address" % address)
+        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError("%r: the port must be a number from 1 to 65535" % address)
+    if len(set(value)) != len(value):
+        raise ValueError("lists an address twice: %r" % (value,))
+    return value
 
 
 def server_reason(output: str) -> str:
@@ -430,6 +472,8 @@ class Linkdest:
         self.quiet = quiet
         self.status = StatusFile(settings.status_file)
         self.environ = dict(os.environ, PATH=PATH)
+        # The address this run reached the server at (None: not chosen yet).
+        self.address: str | None = None
 
     # --- log, alerts, health checks ---
 
@@ -532,7 +576,50 @@ class Linkdest:
     ssh_program = "ssh"
 
     def ssh_command(self, *options: str) -> list[str]:
-        return [self.ssh_program, "-F", self.settings.ssh_config, *options]
+        config = ("-F", self.settings.ssh_config)
+        return [self.ssh_program, *config, *self._address_options(), *options]
+
+    @property
+    def several_addresses(self) -> bool:
+        return len(self.settings.server_addresses) > 1
+
+    def _address_options(self, index: int | None = None) -> list[str]:
+        """ssh options for one of several addresses: ``index``, else the one
+        this run reached (chosen on first use). One address: the ssh
+        configuration has it."""
+        if not self.several_addresses:
+            return []
+        if index is None:
+            if self.address is None:
+                self._choose_address()
+            index = self.settings.server_addresses.index(self.address)
+        host, port = split_address(self.settings.server_addresses[index])
+        options = ["-o", "HostName=" + host]
+        if port:
+            options += ["-o", "Port=" + port]
+        if index < len(self.settings.server_addresses) - 1:
+            # Only the last address may take the configuration's long wait.
+            options += ["-o", "ConnectTimeout=%d" % self.settings.connect_timeout]
+        return options
+
+    def _choose_address(self) -> None:
+        """For a command other than a backup: the first address that lets
+        this laptop in (a connection opened and closed). When none does, the
+        last: the command then fails with ssh's own words."""
+        control_dir = tempfile.mkdtemp(prefix="linkdest-ssh.", dir="/tmp")
+        probe = os.path.join(control_dir, "probe")
+        try:
+            self._reach(self._open_master(probe))
+            if os.path.exists(probe):
+                subprocess.run(
+                    [self.ssh_program, "-F", self.settings.ssh_config]
+                    + ["-o", "ControlPath=" + probe, "-O", "exit", self.settings.server],
+                    capture_output=True,
+                    env=self.environ,
+                    check=False,
+                )
+        finally:
+            shutil.rmtree(control_dir, ignore_errors=True)
 
     def _excluded_folder(self):
         """Whether the run leaves out a folder: this laptop's excludes, as
@@ -711,6 +798,7 @@ class Linkdest:
             last_kind=plan.kind,
             last_paths=len(plan.listed) if plan.kind == CHANGES else plan.sent_files,
             last_full_reason="" if plan.kind == CHANGES else plan.reason,
+            last_address=self.reached_at(),
             failing="0",
             stale_alerted="0",
         )
@@ -740,9 +828,16 @@ class Linkdest:
             last_bytes_sent=0,
             last_duration=int(sum(plan.steps.values())),
             last_full_reason="",
+            last_address=self.reached_at(),
             failing="0",
             stale_alerted="0",
         )
+
+    def reached_at(self) -> str:
+        """The address this run reached the server at, for the status file."""
+        if self.address is not None:
+            return self.address
+        return (self.settings.server_addresses or [self.settings.server])[0]
 
     def _refuse_empty_first_run(self) -> None:
         """A laptop that never backed up, with an empty folder, must not make
@@ -816,9 +911,12 @@ class Linkdest:
             plan.reason = "%s" % exc
             return plan
         may_skip = record is not None and not self.settings.snapshot_unchanged
-        opening = self._open_master(master) if may_skip else None
+        # With several addresses the connection is always opened first: it
+        # chooses the address every later call dials.
+        opening = self._open_master(master) if may_skip or self.several_addresses else None
         preparing = None
         if record is not None and not may_skip:
+            self._opened(opening)
             preparing = self._start_changes(master, record.snapshot)
 
         def first_change() -> None:
@@ -863,18 +961,28 @@ class Linkdest:
             self._write_rsync_lists(plan)
         return plan
 
-    def _open_master(self, master: str) -> subprocess.Popen:
+    def _open_master(self, master: str, index: int | None = None) -> subprocess.Popen:
         """Start the run's ssh connection in the background (no command: the
         gate runs nothing); it stays as the master the run's calls share.
         (Without a session its idle time starts at once: after a walk longer
-        than MASTER_IDLE the next call opens a new one.)"""
+        than MASTER_IDLE the next call opens a new one.) With several
+        addresses, this opens address ``index`` (by default the first, or the
+        one already chosen)."""
+        if index is None:
+            index = (
+                self.settings.server_addresses.index(self.address)
+                if self.several_addresses and self.address is not None
+                else 0
+            )
         # ssh's words go to a file, not a pipe: the master that stays in the
         # background would keep a pipe open.
         error_file = master + ".err"
         with open(error_file, "wb") as said:
             opening = subprocess.Popen(
                 [
-                    *self.ssh_command("-o", "ControlMaster=yes", "-o", "ControlPath=" + master),
+                    self.ssh_program,
+                    *("-F", self.settings.ssh_config, *self._address_options(index)),
+                    *("-o", "ControlMaster=yes", "-o", "ControlPath=" + master),
                     *("-o", "ControlPersist=%d" % MASTER_IDLE, "-N", "-f", self.settings.server),
                 ],
                 stdin=subprocess.DEVNULL,
@@ -883,7 +991,41 @@ class Linkdest:
                 env=self.environ,
             )
         opening.error_file = error_file
+        opening.master = master
+        opening.index = index
         return opening
+
+    def _reach(self, opening: subprocess.Popen) -> list[tuple[str, str]]:
+        """Wait for the connection ``opening`` opens; with several addresses,
+        go on to the next address while one fails (no route, refused, timed
+        out, or another host's key: a home address dialled from elsewhere).
+        Sets ``self.address``. What each failed address said, empty when one
+        let the laptop in."""
+        failures = []
+        addresses = self.settings.server_addresses
+        while True:
+            try:
+                opening.wait(timeout=SSH_OPEN_WAIT)
+            except subprocess.TimeoutExpired:
+                opening.kill()
+                opening.wait()
+            ssh_error = ""
+            if opening.returncode == 255:
+                with open(opening.error_file, "rb") as said:
+                    ssh_error = transfer_summary(said.read().decode("utf-8", "replace"))[1]
+            if self.several_addresses:
+                self.address = addresses[opening.index]
+            if opening.returncode == 0:
+                return []
+            address = addresses[opening.index] if self.several_addresses else self.settings.server
+            failures.append((address, ssh_error.strip() or "exit %s" % opening.returncode))
+            if not self.several_addresses or opening.index + 1 >= len(addresses):
+                return failures
+            # A new laptop's first command (a restore) may come before any
+            # backup made the log's directory.
+            with contextlib.suppress(OSError):
+                self.log("server not reached at %s (%s)" % failures[-1])
+            opening = self._open_master(opening.master, opening.index + 1)
 
     def _opened(self, opening: subprocess.Popen | None) -> None:
         """Wait until the background connection is up, or failed: a call made
@@ -892,17 +1034,17 @@ class Linkdest:
         skip or a failure; anything else, the next call meets and reports."""
         if opening is None or opening.returncode is not None:
             return
-        try:
-            opening.wait(timeout=SSH_OPEN_WAIT)
-        except subprocess.TimeoutExpired:
-            opening.kill()
-            opening.wait()
+        failures = self._reach(opening)
+        if not failures:
             return
-        if opening.returncode == 255:
-            with open(opening.error_file, "rb") as said:
-                ssh_error = transfer_summary(said.read().decode("utf-8", "replace"))[1]
-            if ssh_error:
-                self._ssh_failed(ssh_error.strip())
+        # A refused key comes after the pinned host key matched: this is the
+        # server, refusing this laptop, whatever the other addresses said.
+        refused = [error for _address, error in failures if "Permission denied" in error]
+        if refused:
+            self._ssh_failed(refused[0])
+        # Else the last address decides: away (a skip), or a failure.
+        if _SSH_ERROR_RE.search(failures[-1][1]):
+            self._ssh_failed(failures[-1][1])
 
     def _record_check(self, master: str, record: changelist.Record, plan: Plan) -> bool:
         """Nothing changed since ``record.snapshot``: ask the server to record a
@@ -1194,6 +1336,8 @@ class Linkdest:
                 "Last run:      full, %s files sent (%s)\n"
                 % (values.get("last_paths", ""), values.get("last_full_reason", ""))
             )
+        if values.get("last_address"):
+            out.write("Reached at:    %s\n" % values["last_address"])
         listing = subprocess.run(
             [*self.ssh_command("-o", "ConnectTimeout=5"), self.settings.server, codes.VERB_LIST],
             capture_output=True,

@@ -19,6 +19,16 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHECK_PLAY = "Check every setting before changing anything"
+# Never to be seen in any output (the ddns secret is no_log).
+SECRET = "ddns-token-that-must-not-show"
+GOOD_DDNS = {
+    "enabled": True,
+    "protocol": "dyndns2",
+    "server": "update.provider.example",
+    "login": "myhome",
+    "secret": SECRET,
+    "host": "home.example.net",
+}
 DROP = object()  # a laptop variable to leave out of the inventory
 
 
@@ -245,6 +255,62 @@ CASES = [
         "backup_server_partial_policy",
         id="bad-partial-policy",
     ),
+    pytest.param(
+        {"backup_server_sshd_exposed_port": 22},
+        {},
+        True,
+        "backup_server_sshd_exposed_port 22 must be 0 (none)",
+        id="exposed-port-is-the-lan-port",
+    ),
+    pytest.param(
+        {"backup_server_sshd_exposed_port": 70000},
+        {},
+        True,
+        "backup_server_sshd_exposed_port 70000",
+        id="exposed-port-out-of-range",
+    ),
+    pytest.param(
+        {"backup_server_ddns": {"enabled": True, "host": "home.example.net", "secret": SECRET}},
+        {},
+        True,
+        "backup_server_ddns is enabled but incomplete or wrong",
+        id="ddns-without-server",
+    ),
+    pytest.param(
+        {"backup_server_ddns": {**GOOD_DDNS, "public_address_from": "the router"}},
+        {},
+        True,
+        "backup_server_ddns is enabled but incomplete or wrong",
+        id="ddns-bad-address-source",
+    ),
+    pytest.param(
+        {"backup_server_ddns": {**GOOD_DDNS, "public_address_from": "web:http://ip.example/"}},
+        {},
+        True,
+        "a plain http:// page is only for nsupdate",
+        id="ddns-plain-http-with-a-password",
+    ),
+    pytest.param(
+        {},
+        {"backup_client_server_address": ["192.0.2.10", "home.example.net:99999"]},
+        True,
+        "the port must be a number from 1 to 65535",
+        id="address-bad-port",
+    ),
+    pytest.param(
+        {},
+        {"backup_client_server_address": ["192.0.2.10", "home example"]},
+        True,
+        "backup_client_server_address 'home example' is not a host name or IP address",
+        id="address-with-a-space",
+    ),
+    pytest.param(
+        {},
+        {"backup_client_server_address": ["192.0.2.10", "192.0.2.10"]},
+        True,
+        "backup_client_server_address lists an address twice",
+        id="address-twice",
+    ),
 ]
 
 
@@ -256,6 +322,7 @@ def test_bad_input_stops_the_run_before_any_change(
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert message in output, output
+    assert SECRET not in output
     # Stopped in the check play: no later play started.
     assert CHECK_PLAY in output
     assert "PLAY [Create each laptop's backup key]" not in output, output
@@ -264,8 +331,18 @@ def test_bad_input_stops_the_run_before_any_change(
 def test_good_input_passes_the_check_play(tmp_path):
     """The same inventory without the bad value gets past the check play (the test can fail).
     Its schedule keeps a weekday to some months: cron runs that, launchd could not, and
-    this laptop is Linux, so it passes."""
-    result = _run_site(tmp_path, {}, {"backup_client_schedule": "0 9 * 1 mon"}, True)
+    this laptop is Linux, so it passes. An exposed port, dynamic DNS and two addresses
+    pass too, the secret never shown."""
+    result = _run_site(
+        tmp_path,
+        {"backup_server_sshd_exposed_port": 2222, "backup_server_ddns": GOOD_DDNS},
+        {
+            "backup_client_schedule": "0 9 * 1 mon",
+            "backup_client_server_address": ["192.0.2.10", "home.example.net:2222"],
+        },
+        True,
+    )
     output = result.stdout + result.stderr
+    assert SECRET not in output
     assert "PLAY [Create each laptop's backup key]" in output, output
     assert "launchd cannot" not in output

@@ -54,8 +54,13 @@ def test_status_prints_one_table_for_the_fleet():
     result = playbook("status")
     assert result.returncode == 0, result.stdout
     assert "CLIENT           NEWEST SNAPSHOT" in result.stdout
+    assert "REACHED AT" in result.stdout
+    rows = result.stdout.replace('        "', '"')
     for client in ("laptop-a", "laptop-b"):
-        assert '"%s ' % client in result.stdout.replace('        "', '"')
+        assert '"%s ' % client in rows
+    # Where laptop-a's last backup went: the server's only address here, its name.
+    row = [line for line in rows.splitlines() if line.startswith('"laptop-a ')][0]
+    assert " backup-server " in row, row
 
 
 def test_status_fails_when_a_laptop_is_stale():

@@ -282,7 +282,7 @@ def test_password_and_keyboard_interactive_are_refused(attack, c1, server, accou
     )
     # The real point, beyond the client's view: sshd's effective settings.
     effective = server.run(
-        "/usr/sbin/sshd -T -C user=%s,host=c1,addr=127.0.0.1" % account
+        "/usr/sbin/sshd -T -C user=%s,host=c1,addr=127.0.0.1,lport=22" % account
     ).stdout.splitlines()
     assert "passwordauthentication no" in effective
     assert "kbdinteractiveauthentication no" in effective

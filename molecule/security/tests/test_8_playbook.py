@@ -63,7 +63,9 @@ def test_a_planted_password_drop_in_stops_site_yml_and_never_goes_live(
         # Our drop-in as an older release or another setting left it.
         assert server.run("echo '# an older setting' >> %s" % OUR_DROP_IN).rc == 0
     try:
-        effective = server.run("/usr/sbin/sshd -T -C user=root,host=c1,addr=127.0.0.1").stdout
+        effective = server.run(
+            "/usr/sbin/sshd -T -C user=root,host=c1,addr=127.0.0.1,lport=22"
+        ).stdout
         assert "passwordauthentication yes" in effective.splitlines()
         result = site(
             os.environ["MOLECULE_INVENTORY_FILE"],
@@ -110,7 +112,9 @@ def test_a_planted_password_drop_in_stops_site_yml_and_never_goes_live(
         else ("HOLE: " if offered != {"publickey"} else "FAIL: ") + "; ".join(problems),
     )
     assert not problems, output[-3000:]
-    assert "passwordauthentication no" in server.run("/usr/sbin/sshd -T").stdout.splitlines()
+    # lport: the exposed port's Match LocalPort block makes sshd -T ask for it.
+    effective = server.run("/usr/sbin/sshd -T -C user=root,host=c1,addr=127.0.0.1,lport=22")
+    assert "passwordauthentication no" in effective.stdout.splitlines()
 
 
 def test_a_revoked_laptop_is_refused_and_keeps_its_snapshots(attack, server, c1, c10):

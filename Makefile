@@ -34,7 +34,7 @@ venv: $(VENV)/.installed
 
 images: host
 	# bullseye: Python 3.9, the Python a Mac's /usr/bin/python3 is (journey's new laptop).
-	images/build bookworm bullseye
+	images/build bookworm bullseye trixie
 
 lint: venv host
 	$(BIN)/yamllint .

@@ -18,3 +18,13 @@ def old():
 @pytest.fixture(scope="module")
 def new():
     return lib.get_host("journey-new")
+
+
+@pytest.fixture(scope="module")
+def router():
+    return lib.get_host("journey-router")
+
+
+@pytest.fixture(scope="module")
+def internet():
+    return lib.get_host("journey-internet")

@@ -5,7 +5,9 @@
 Converge already ran site.yml over real SSH as `admin` with sudo (the
 scenario's inventory), and idempotence ran it again. Here: what that login
 left on the server, the lock-out guard refusing an admin who has no key,
-then a laptop lost and its history inherited by a new one. The tests run in
+the port the router forwards from the internet and the dynamic-DNS name,
+then a laptop lost and its history inherited by a new one that is away from
+home, a new public address, and a stranger guessing logins. The tests run in
 file order; each builds on the one before.
 """
 
@@ -15,6 +17,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import time
 
 import linkdest_testlib as lib
 
@@ -37,7 +40,32 @@ def server_address() -> str:
     ).stdout.strip()
 
 
+def gateway() -> str:
+    """The control machine's own address on the home network (Docker's gateway)."""
+    return subprocess.run(
+        [
+            "docker",
+            "network",
+            "inspect",
+            "-f",
+            "{{ (index .IPAM.Config 0).Gateway }}",
+            "linkdest-journey",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
 ADMIN_KEYS = "/home/admin/.ssh/authorized_keys"
+# The home router's public address (journey-router on the internet side),
+# the name ddclient keeps pointed at it, and the port it forwards.
+PUBLIC = "198.51.100.2"
+NEW_PUBLIC = "198.51.100.3"
+NAME = "home.linkdest.test"
+AWAY = NAME + ":2222"
+# The laptop's own ssh configuration, dialling the name and the forward.
+EXPOSED_SSH = "ssh -F %s -o HostName=%s -o Port=2222 linkdest-server" % (lib.SSH_CONFIG, NAME)
 OLD_AREA = lib.ROOT + "/journey-old"
 BIG = "Videos/holiday.mov"
 BIG_BYTES = 120 * 1024 * 1024
@@ -92,6 +120,16 @@ def inventory_with_new_laptop(directory: str) -> str:
     return lib.edited_inventory(directory, edit)
 
 
+def assert_old_snapshots_unchanged(server) -> None:
+    """Every snapshot the old laptop made is as it was, inode for inode, byte
+    for byte (the link count grows: later snapshots link the same inodes)."""
+    now = lib.fingerprint(server)
+    for path, record in _STATE["fingerprint"]["areas"]["journey-old"]["files"].items():
+        unlinked = [field for index, field in enumerate(record) if index != 1]
+        current = now["areas"]["journey-old"]["files"][path]
+        assert [field for index, field in enumerate(current) if index != 1] == unlinked, path
+
+
 def tree(host) -> dict:
     """~/Dropbox on a laptop: per path its type, mode, mtime, size, link
     target, and a SHA-256 of each file."""
@@ -119,33 +157,33 @@ def tree(host) -> dict:
     return found
 
 
-def test_ansible_came_in_as_admin_and_sshd_is_key_only(server):
-    """Converge logged in as admin; sshd is now key-only and admin's key
-    still opens a fresh session (the guard's promise)."""
-    effective = server.run("/usr/sbin/sshd -T -C user=admin,host=x,addr=192.0.2.1").stdout
-    assert "passwordauthentication no" in effective.splitlines()
-    assert "permitrootlogin no" in effective.splitlines()
-    login = subprocess.run(
-        [
-            "ssh",
-            "-F",
-            "/dev/null",
-            "-i",
-            os.environ["MOLECULE_EPHEMERAL_DIRECTORY"] + "/admin_ed25519",
-            "-o",
-            "UserKnownHostsFile=%s/known_hosts" % os.environ["MOLECULE_EPHEMERAL_DIRECTORY"],
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "BatchMode=yes",
-            "admin@" + server_address(),
-            "sudo -n id -un",
-        ],
+def control_ssh(*args: str, pinned: bool = False) -> subprocess.CompletedProcess:
+    """ssh from the control machine (on both networks) with the admin's key;
+    the server's host key pinned as converge saw it, or not checked at all
+    where the host key is not what a test is about."""
+    ephemeral = os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]
+    known = (
+        ["-o", "UserKnownHostsFile=%s/known_hosts" % ephemeral, "-o", "StrictHostKeyChecking=yes"]
+        if pinned
+        else ["-o", "UserKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=no"]
+    )
+    return subprocess.run(
+        ["ssh", "-F", "/dev/null", "-i", ephemeral + "/admin_ed25519", *known]
+        + ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", *args],
         capture_output=True,
         text=True,
         check=False,
         timeout=60,
     )
+
+
+def test_ansible_came_in_as_admin_and_sshd_is_key_only(server):
+    """Converge logged in as admin; sshd is now key-only and admin's key
+    still opens a fresh session (the guard's promise)."""
+    effective = server.run("/usr/sbin/sshd -T -C user=admin,host=x,addr=192.0.2.1,lport=22").stdout
+    assert "passwordauthentication no" in effective.splitlines()
+    assert "permitrootlogin no" in effective.splitlines()
+    login = control_ssh("admin@" + server_address(), "sudo -n id -un", pinned=True)
     assert (login.returncode, login.stdout.strip()) == (0, "root"), login.stderr
 
 
@@ -196,6 +234,85 @@ def test_the_guard_refuses_an_admin_without_a_key(server):
     assert "Set up the backup server" not in output  # stopped in the first play
 
 
+def dns_answer(internet) -> str:
+    return internet.run("dig +short @198.51.100.53 %s A" % NAME).stdout.strip()
+
+
+def wait_for_dns(internet, address: str, seconds: int = 180) -> None:
+    """ddclient looks at the public address every minute (the scenario's
+    interval_minutes: 1) and updates the name when it changed."""
+    deadline = time.monotonic() + seconds
+    while dns_answer(internet) != address:
+        assert time.monotonic() < deadline, "DNS still says %r, not %s" % (
+            dns_answer(internet),
+            address,
+        )
+        time.sleep(3)
+
+
+def test_ddclient_points_the_name_at_the_routers_public_address(server, internet):
+    """ddclient asked the internet's page for the home's address (the
+    router's, as the page saw it) and updated the name with nsupdate."""
+    wait_for_dns(internet, PUBLIC)
+    config = server.file("/etc/ddclient.conf")
+    assert (config.user, config.group, config.mode) == ("root", "root", 0o600)
+    key = server.file("/etc/ddclient/linkdest-tsig.key")
+    assert (key.user, key.mode) == ("root", 0o600)
+    assert server.service("ddclient").is_running
+
+
+def test_the_exposed_port_lets_in_the_laptops_accounts_only(server):
+    """Over the port the router forwards, sshd's effective settings (asked
+    as the role asks them) and three real attempts, each from another source
+    address so that no penalty stands in for the refusal: the admin's key
+    from the internet, root on the server's own port 2222, and a password."""
+    effective = server.run(
+        "/usr/sbin/sshd -T -C user=admin,host=x,addr=198.51.100.9,lport=2222"
+    ).stdout.splitlines()
+    for line in (
+        "allowgroups linkdest",
+        "permitrootlogin no",
+        "passwordauthentication no",
+        "kbdinteractiveauthentication no",
+        "authenticationmethods publickey",
+        "maxauthtries 2",
+        "persourcemaxstartups 3",
+    ):
+        assert line in effective, line
+    penalties = [line for line in effective if line.startswith("persourcepenalties ")]
+    assert penalties
+    assert {"authfail:10", "noauth:5", "grace-exceeded:20"} <= set(penalties[0].split())
+    # The LAN port is as it was: the admin logs in there (the first test).
+    assert (
+        "maxauthtries 3"
+        in server.run(
+            "/usr/sbin/sshd -T -C user=admin,host=x,addr=192.0.2.1,lport=22"
+        ).stdout.splitlines()
+    )
+
+    admin = control_ssh("-p", "2222", "admin@" + PUBLIC, "true")
+    assert admin.returncode == 255
+    assert "Permission denied (publickey)" in admin.stderr, admin.stderr
+    root = control_ssh("-p", "2222", "root@" + server_address(), "true")
+    assert root.returncode == 255
+    assert "Permission denied (publickey)" in root.stderr, root.stderr
+    # sshd says why: the accounts are not in the laptops' group.
+    log = server.run("journalctl -u ssh --no-pager -o cat").stdout
+    assert "User admin from 198.51.100.1 not allowed because none of user's groups" in log
+    assert "User root from %s not allowed because" % gateway() in log
+
+
+def test_no_password_is_ever_asked_for_on_the_exposed_port(internet):
+    tried = internet.run(
+        "ssh -p 2222 -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+        " -o PubkeyAuthentication=no -o PreferredAuthentications=password,keyboard-interactive"
+        " alice@%s true" % PUBLIC
+    )
+    assert tried.rc == 255
+    # sshd offers the public key method only.
+    assert "Permission denied (publickey)." in tried.stderr, tried.stderr
+
+
 def test_the_old_laptop_backs_up_awkward_real_data(old, server):
     for relpath, (content, mode, mtime) in AWKWARD.items():
         lib.write_file(old, relpath, content, mode=mode, mtime=mtime)
@@ -226,6 +343,19 @@ def test_the_old_laptop_backs_up_awkward_real_data(old, server):
     assert server.file(big).size == BIG_BYTES
 
 
+def test_at_home_the_laptop_dials_the_lan_and_the_public_name_is_no_use(old):
+    """journey-old is at home: its backups went to the server's LAN address.
+    The name resolves there too, to the router's public address, which leads
+    nowhere from inside (no hairpin NAT): why the LAN address comes first."""
+    assert lib.read_status(old)["last_address"] == server_address()
+    assert lib.run_ok(old, "getent hosts %s" % NAME).split()[0] == PUBLIC
+    inside = lib.as_user(old, "%s list" % EXPOSED_SSH)
+    assert inside.rc == 255
+    assert "Connection refused" in inside.stderr, inside.stderr
+    status = lib.as_user(old, "linkdest status")
+    assert "Reached at:    %s" % server_address() in status.stdout, status.stdout
+
+
 def test_the_new_laptop_inherits_the_history_and_the_old_key_is_revoked(old, new, server):
     """The old laptop is lost: the user takes it out of the inventory, adds
     the new one with backup_client_inherit, and runs site.yml."""
@@ -250,7 +380,8 @@ def test_the_new_laptop_inherits_the_history_and_the_old_key_is_revoked(old, new
     refused = lib.backup(old, retry_busy=False)
     assert refused.rc == 255, refused.stdout + refused.stderr
     assert "Permission denied (publickey)" in lib.read_status(old)["last_error"]
-    assert lib.as_user(new, "%s list" % lib.SSH).rc == 0
+    # Away from home: the new key, with plain ssh, through the name and the forward.
+    assert lib.as_user(new, "%s list" % EXPOSED_SSH).rc == 0
     assert _STATE["last"] in lib.as_user(new, "linkdest list").stdout
 
 
@@ -260,6 +391,8 @@ def test_the_new_laptop_goes_on_with_the_same_history(new, server):
     status = lib.read_status(new)
     # A change list against the inherited snapshot: only what changed went.
     assert status["last_kind"] == "changes", status
+    # From away: the LAN address timed out, the name and the forward worked.
+    assert status["last_address"] == AWAY, status
     names = lib.snapshot_names(server, "journey-old")
     assert names[-2:] == [_STATE["last"], snapshot]
     before, after = (
@@ -267,13 +400,7 @@ def test_the_new_laptop_goes_on_with_the_same_history(new, server):
     )
     for relpath in [BIG, *AWKWARD]:
         assert after[relpath]["ino"] == before[relpath]["ino"], relpath
-    # Every earlier snapshot is as it was, inode for inode, byte for byte (the
-    # link count grows: the new snapshot links the same inodes).
-    now = lib.fingerprint(server)
-    for path, record in _STATE["fingerprint"]["areas"]["journey-old"]["files"].items():
-        unlinked = [field for index, field in enumerate(record) if index != 1]
-        current = now["areas"]["journey-old"]["files"][path]
-        assert [field for index, field in enumerate(current) if index != 1] == unlinked, path
+    assert_old_snapshots_unchanged(server)
 
 
 def test_the_restore_playbook_brings_the_whole_folder_back_elsewhere(new):
@@ -308,3 +435,80 @@ def test_the_new_laptop_ran_all_of_it_on_python_3_9(new):
     assert " 0 differ without a trace" in verified.stdout, verified.stdout
     status = lib.as_user(new, "linkdest status")
     assert status.rc == 0, status.stdout + status.stderr
+
+
+def test_a_new_public_address_reaches_the_away_laptop_through_ddclient(new, internet, router):
+    """The provider gives the home another address: the router's internet
+    side is re-addressed. ddclient sees it and updates the name; the next
+    backup from away works without touching the laptop."""
+    device = lib.run_ok(router, "ip -o -4 addr show to 198.51.100.0/24").split()[1]
+    lib.run_ok(router, "ip addr add %s/24 dev %s" % (NEW_PUBLIC, device))
+    lib.run_ok(router, "ip addr del %s/24 dev %s" % (PUBLIC, device))
+    wait_for_dns(internet, NEW_PUBLIC)
+    lib.write_file(new, "notes/after the move.txt", "the address changed\n")
+    snapshot = lib.backup_ok(new)
+    status = lib.read_status(new)
+    assert (status["last_address"], status["last_kind"]) == (AWAY, "changes"), status
+    assert lib.as_user(new, "linkdest latest").stdout.strip() == snapshot
+
+
+def test_a_stranger_guessing_logins_is_held_back_while_the_away_laptop_backs_up(
+    new, server, internet
+):
+    """A bounded burst of failed logins from one internet address: after the
+    first failures sshd refuses that address for a while (PerSourcePenalties),
+    and a laptop from another address backs up all the same."""
+    lib.run_ok(internet, "rm -f /root/guess && ssh-keygen -q -t ed25519 -N '' -f /root/guess")
+    # The stranger found the home's address (this container's own resolver
+    # is Docker's; the name is in the zone it serves).
+    home = dns_answer(internet)
+    assert home == NEW_PUBLIC
+    said = []
+    for _attempt in range(8):
+        tried = internet.run(
+            "timeout 30 ssh -p 2222 -i /root/guess -o BatchMode=yes -o ConnectTimeout=10"
+            " -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+            " bk-journey-old@%s true" % home
+        )
+        assert tried.rc != 0
+        said.append(tried.stderr.strip().splitlines()[-1] if tried.stderr.strip() else "")
+    denied = [line for line in said if "Permission denied" in line]
+    # The first guesses get as far as a refused key; the rest never get that far.
+    assert denied[:1] == said[:1], said
+    assert 1 <= len(denied) <= 3, said
+    assert not [line for line in said[-3:] if "Permission denied" in line], said
+    log = server.run("journalctl -u ssh --no-pager -o cat").stdout
+    penalized = [line for line in log.splitlines() if "penalty" in line]
+    assert [line for line in penalized if "198.51.100.53" in line], log[-3000:]
+
+    lib.write_file(new, "notes/during the guessing.txt", "still backing up\n")
+    lib.backup_ok(new)
+    assert lib.read_status(new)["last_address"] == AWAY
+
+
+def test_every_earlier_snapshot_is_unchanged_after_all_of_it(server):
+    assert_old_snapshots_unchanged(server)
+
+
+def test_turning_dynamic_dns_off_takes_back_what_the_role_wrote(server):
+    """backup_server_ddns.enabled: false on a server where the role ran
+    ddclient: the service stops and the role's configuration and key go."""
+    run = ansible(
+        "ansible-playbook",
+        "-i",
+        os.environ["MOLECULE_INVENTORY_FILE"],
+        "site.yml",
+        "--limit",
+        "journey-server",
+        "--tags",
+        "backup_server_ddns",
+        "-e",
+        '{"backup_server_ddns": {"enabled": false}}',
+    )
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    assert not server.service("ddclient").is_running
+    assert not server.service("ddclient").is_enabled
+    assert not server.file("/etc/ddclient.conf").exists
+    assert not server.file("/etc/ddclient/linkdest-tsig.key").exists
+    # The package stays: the role only takes back what it wrote.
+    assert server.package("ddclient").is_installed

@@ -15,6 +15,7 @@ description:
     IPv6 address.
   - Returns the list (empty for an empty string). Fails with a message naming the setting on
     anything else, a bad port, or an address listed twice.
+  - With O(default_port) and several addresses, each address comes back as C(host:port).
 options:
   _input:
     description: One address, or a list of them.
@@ -24,6 +25,11 @@ options:
     description: The name of the setting, for the error message.
     type: str
     default: addresses
+  default_port:
+    description:
+      - With several addresses, the port each address that names none gets, so that every one
+        is returned as C(host:port) (a later bare host must not take the first one's port).
+    type: int
 """
 
 EXAMPLES = r"""
@@ -44,9 +50,9 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.linkdest.backup.plugins.module_utils.client import checked_addresses
 
 
-def server_addresses(value, setting="addresses"):
+def server_addresses(value, setting="addresses", default_port=None):
     try:
-        return checked_addresses(value)
+        return checked_addresses(value, None if default_port is None else int(default_port))
     except ValueError as exc:
         raise AnsibleFilterError("%s %s" % (setting, exc)) from exc
 

@@ -299,29 +299,40 @@ def split_address(address: str) -> tuple[str, str]:
     return address, ""
 
 
-# A DNS name or IPv4 address, or an IPv6 address.
+# A DNS name or IPv4 address, or an IPv6 address (used with fullmatch).
 _HOST_RE = re.compile(
-    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.?)+$|^[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*$"
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.?)+|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*"
 )
 
 
-def checked_addresses(value) -> list[str]:
+def checked_addresses(value, default_port: int | None = None) -> list[str]:
     """The server's addresses as the backup_client role takes them: one
     string or a list, each "host", "host:port" or "[IPv6]:port". ValueError
-    saying what is wrong."""
+    saying what is wrong. With ``default_port`` and several addresses, each
+    comes back with its port spelled out (the ssh configuration's Port is
+    the first address's, which a later bare host must not inherit)."""
     if isinstance(value, str):
         value = [value] if value.strip() else []
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise ValueError("must be an address or a list of addresses, not %r" % (value,))
     for address in value:
         host, port = split_address(address)
-        if not _HOST_RE.match(host) or ("[" in address and ":" not in host):
+        if not _HOST_RE.fullmatch(host) or ("[" in address and ":" not in host):
             raise ValueError("%r is not a host name or IP address" % address)
         if port and not (port.isdigit() and 1 <= int(port) <= 65535):
             raise ValueError("%r: the port must be a number from 1 to 65535" % address)
     if len(set(value)) != len(value):
         raise ValueError("lists an address twice: %r" % (value,))
-    return value
+    if default_port is None or len(value) < 2:
+        return value
+    spelled = []
+    for address in value:
+        host, port = split_address(address)
+        shown = "[%s]" % host if ":" in host else host
+        spelled.append("%s:%s" % (shown, port or default_port))
+    if len(set(spelled)) != len(spelled):
+        raise ValueError("lists an address twice: %r" % (spelled,))
+    return spelled
 
 
 def server_reason(output: str) -> str:
@@ -670,9 +681,11 @@ class Linkdest:
             yield master
         finally:
             if os.path.exists(master):
+                # The bare command: stopping a master needs no address (and
+                # must not start a probe while a failed run unwinds).
                 subprocess.run(
-                    [*self.ssh_command("-o", "ControlPath=" + master, "-O", "exit")]
-                    + [self.settings.server],
+                    [self.ssh_program, "-F", self.settings.ssh_config]
+                    + ["-o", "ControlPath=" + master, "-O", "exit", self.settings.server],
                     capture_output=True,
                     env=self.environ,
                     check=False,
@@ -1020,6 +1033,12 @@ class Linkdest:
             address = addresses[opening.index] if self.several_addresses else self.settings.server
             failures.append((address, ssh_error.strip() or "exit %s" % opening.returncode))
             if not self.several_addresses or opening.index + 1 >= len(addresses):
+                refused = [address for address, error in failures if "Permission denied" in error]
+                if refused and self.several_addresses:
+                    # The server itself refused the key there: later calls
+                    # go to that address and meet the same refusal, not a
+                    # time-out elsewhere that would read as "away".
+                    self.address = refused[0]
                 return failures
             # A new laptop's first command (a restore) may come before any
             # backup made the log's directory.
@@ -1042,9 +1061,11 @@ class Linkdest:
         refused = [error for _address, error in failures if "Permission denied" in error]
         if refused:
             self._ssh_failed(refused[0])
-        # Else the last address decides: away (a skip), or a failure.
+        # Else the last address decides: away (a skip), or a failure. What
+        # every address said goes into the reason: a host key that failed at
+        # home shows in the status, not only the name's time-out.
         if _SSH_ERROR_RE.search(failures[-1][1]):
-            self._ssh_failed(failures[-1][1])
+            self._ssh_failed(failures[-1][1], ["%s: %s" % failure for failure in failures[:-1]])
 
     def _record_check(self, master: str, record: changelist.Record, plan: Plan) -> bool:
         """Nothing changed since ``record.snapshot``: ask the server to record a
@@ -1088,14 +1109,17 @@ class Linkdest:
             )
         return False
 
-    def _ssh_failed(self, ssh_error: str) -> None:
-        """ssh could not reach or log in to the server: away (a skip), or a failure."""
+    def _ssh_failed(self, ssh_error: str, earlier: list[str] | None = None) -> None:
+        """ssh could not reach or log in to the server: away (a skip), or a
+        failure. ``ssh_error`` decides; ``earlier`` (what the addresses tried
+        before said) goes into the reason."""
         # No network, or a network that does not reach the server, is a
         # laptop away from home; anything else (refused, host key, key) is a
         # failure.
+        said = "; ".join([ssh_error.removeprefix("ssh: "), *(earlier or [])])
         if _AWAY_RE.search(ssh_error):
-            raise self.skip("server unreachable (%s)" % ssh_error.removeprefix("ssh: "))
-        raise self.fail(255, "ssh to the server failed: %s" % ssh_error)
+            raise self.skip("server unreachable (%s)" % said)
+        raise self.fail(255, "ssh to the server failed: %s" % said)
 
     def _changes_since(
         self, record: changelist.Record, walk: changelist.Walk

@@ -272,3 +272,50 @@ def test_a_new_laptops_first_command_away_needs_no_log_yet(laptop, capsys):
     laptop.unreachable(**{"192_168_1_10": TIMED_OUT % "192.168.1.10"})
     assert laptop.command().list_snapshots() == 0
     assert "back-" in capsys.readouterr().out
+
+
+def test_a_command_meets_the_refused_key_not_the_names_time_out(laptop, capsys):
+    """list with the key refused at home and the name unreachable: the
+    command reports the refusal, where the server itself answered."""
+    laptop.unreachable(
+        **{
+            "192_168_1_10": "backup@192.168.1.10: Permission denied (publickey).",
+            "home_example_net": TIMED_OUT % "home.example.net",
+        }
+    )
+    command = laptop.command()
+    assert command.list_snapshots() == 255
+    assert command.address == "192.168.1.10"
+    listed = [call for call in laptop.dialled() if call[3][:1] == [codes.VERB_LIST]]
+    assert [call[0] for call in listed] == ["192.168.1.10"]
+
+
+def test_a_skip_says_what_every_address_said(laptop):
+    """Another host key at home, the name timing out: a skip (it may be a
+    café's machine at that address), with the host key's failure in the reason."""
+    laptop.unreachable(
+        **{
+            "192_168_1_10": "Host key verification failed.",
+            "home_example_net": TIMED_OUT % "home.example.net",
+        }
+    )
+    command = laptop.command()
+    assert command.backup() == codes.EXIT_SKIPPED
+    error = command.status.read()["last_error"]
+    assert "home.example.net" in error
+    assert "192.168.1.10: Host key verification failed." in error
+
+
+def test_with_several_addresses_each_gets_its_port_spelled_out():
+    assert client.checked_addresses(["192.168.1.10", "home.example.net:2222"], 22) == [
+        "192.168.1.10:22",
+        "home.example.net:2222",
+    ]
+    assert client.checked_addresses(["fd00::10", "home.example.net"], 2200) == [
+        "[fd00::10]:2200",
+        "home.example.net:2200",
+    ]
+    # One address: the ssh configuration's Port holds it, as before.
+    assert client.checked_addresses("backup.lan", 22) == ["backup.lan"]
+    with pytest.raises(ValueError, match="lists an address twice"):
+        client.checked_addresses(["backup.lan", "backup.lan:22"], 22)

@@ -291,6 +291,20 @@ CASES = [
         id="ddns-plain-http-with-a-password",
     ),
     pytest.param(
+        {"backup_server_ddns": {**GOOD_DDNS, "login": "me other.example"}},
+        {},
+        True,
+        "backup_server_ddns is enabled but incomplete or wrong",
+        id="ddns-login-adds-a-host",
+    ),
+    pytest.param(
+        {"backup_server_ddns": {**GOOD_DDNS, "host": "home.example.net\nserver=evil.example"}},
+        {},
+        True,
+        "backup_server_ddns is enabled but incomplete or wrong",
+        id="ddns-newline-in-a-value",
+    ),
+    pytest.param(
         {},
         {"backup_client_server_address": ["192.0.2.10", "home.example.net:99999"]},
         True,

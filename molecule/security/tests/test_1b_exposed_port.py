@@ -9,6 +9,8 @@ unauthenticated connections at once (PerSourceMaxStartups), so a flood from
 one address leaves the slots to everyone else.
 """
 
+import shlex
+
 import linkdest_testlib as lib
 
 EXPOSED = 2222
@@ -51,16 +53,38 @@ def test_sshd_applies_the_exposed_ports_settings(server):
     assert "PerSourcePenalties" not in drop_in
 
 
-def test_root_is_refused_on_the_exposed_port(server, c10):
-    tried = c10.run(
-        "ssh -p %d -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
-        " root@sec-server true" % EXPOSED
-    )
-    assert tried.rc == 255
-    assert "Permission denied (publickey)" in tried.stderr, tried.stderr
-    log = server.run("journalctl -u ssh --no-pager -o cat").stdout
-    assert "User root from" in log
-    assert "not allowed because none of user's groups are listed in AllowGroups" in log
+def test_an_account_whose_key_works_on_the_lan_port_is_refused_on_the_exposed_one(server, c10):
+    """An admin-like account with a valid key: it logs in on port 22, and on
+    the exposed port sshd refuses it for its groups (the Match block), with
+    the same key from the same address."""
+    lib.run_ok(c10, "rm -f /root/carol && ssh-keygen -q -t ed25519 -N '' -f /root/carol")
+    key = lib.run_ok(c10, "cat /root/carol.pub").strip()
+    lib.run_ok(server, "useradd -m -s /bin/sh carol")
+    try:
+        lib.run_ok(server, "mkdir -p /home/carol/.ssh")
+        lib.put_file(server, "/home/carol/.ssh/authorized_keys", key + "\n")
+        lib.run_ok(server, "chown -R carol: /home/carol/.ssh && chmod 700 /home/carol/.ssh")
+        ssh = (
+            "ssh -i /root/carol -o BatchMode=yes -o StrictHostKeyChecking=no"
+            " -o UserKnownHostsFile=/dev/null -p %d carol@sec-server echo in"
+        )
+        cursor = lib.run_ok(server, "journalctl -n 0 --show-cursor -o cat").split("cursor: ")[-1]
+        lan = c10.run(ssh % 22)
+        assert (lan.rc, lan.stdout.strip()) == (0, "in"), lan.stderr
+        exposed = c10.run(ssh % EXPOSED)
+        assert exposed.rc == 255
+        assert "Permission denied (publickey)" in exposed.stderr, exposed.stderr
+        log = server.run(
+            "journalctl -u ssh --no-pager -o cat --after-cursor=%s" % shlex.quote(cursor.strip())
+        ).stdout
+        assert [
+            line
+            for line in log.splitlines()
+            if line.startswith("User carol from ")
+            and line.endswith("not allowed because none of user's groups are listed in AllowGroups")
+        ], log
+    finally:
+        server.run("userdel -r carol")
 
 
 def test_a_flood_from_one_address_leaves_the_port_to_the_laptops(c1, c10):

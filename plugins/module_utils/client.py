@@ -616,19 +616,13 @@ class Linkdest:
     def _choose_address(self) -> None:
         """For a command other than a backup: the first address that lets
         this laptop in (a connection opened and closed). When none does, the
-        last: the command then fails with ssh's own words."""
+        one that refused the key, else the last: the command then fails with
+        ssh's own words."""
         control_dir = tempfile.mkdtemp(prefix="linkdest-ssh.", dir="/tmp")
         probe = os.path.join(control_dir, "probe")
         try:
             self._reach(self._open_master(probe))
-            if os.path.exists(probe):
-                subprocess.run(
-                    [self.ssh_program, "-F", self.settings.ssh_config]
-                    + ["-o", "ControlPath=" + probe, "-O", "exit", self.settings.server],
-                    capture_output=True,
-                    env=self.environ,
-                    check=False,
-                )
+            self._stop_master(probe)
         finally:
             shutil.rmtree(control_dir, ignore_errors=True)
 
@@ -680,17 +674,21 @@ class Linkdest:
         try:
             yield master
         finally:
-            if os.path.exists(master):
-                # The bare command: stopping a master needs no address (and
-                # must not start a probe while a failed run unwinds).
-                subprocess.run(
-                    [self.ssh_program, "-F", self.settings.ssh_config]
-                    + ["-o", "ControlPath=" + master, "-O", "exit", self.settings.server],
-                    capture_output=True,
-                    env=self.environ,
-                    check=False,
-                )
+            self._stop_master(master)
             shutil.rmtree(control_dir, ignore_errors=True)
+
+    def _stop_master(self, master: str) -> None:
+        """Stop the ssh master at ``master``, if one is up. The bare command:
+        stopping a master needs no address (and must not start a probe while
+        a failed run unwinds)."""
+        if os.path.exists(master):
+            subprocess.run(
+                [self.ssh_program, "-F", self.settings.ssh_config]
+                + ["-o", "ControlPath=" + master, "-O", "exit", self.settings.server],
+                capture_output=True,
+                env=self.environ,
+                check=False,
+            )
 
     # --- backup ---
 
